@@ -1,0 +1,40 @@
+"""Build a classification datamodule from the ``data`` section of a run config."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from .datamodule import ClassificationDataModule
+from .fewshot import sample_few_shot, subsample_classes
+from .records import DatasetSplits
+from .registry import DatasetInfo, get_dataset
+
+SUBSETS = ("all", "base", "new")
+
+
+def read_splits(data_cfg, seed: int, info: DatasetInfo | None = None) -> DatasetSplits:
+    """Read, few-shot sample (Dassl order: train k shots, val min(k, 4)), then keep base/new classes."""
+    if data_cfg.subsample_classes not in SUBSETS:
+        raise ValueError(f"data.subsample_classes={data_cfg.subsample_classes!r}: expected one of {SUBSETS}")
+    info = info or get_dataset(data_cfg.name)
+    splits = info.read(Path(data_cfg.root).expanduser())
+    if data_cfg.num_shots:
+        splits = dataclasses.replace(
+            splits,
+            train=sample_few_shot(splits.train, data_cfg.num_shots, seed),
+            val=sample_few_shot(splits.val, min(data_cfg.num_shots, 4), seed),
+        )
+    return subsample_classes(splits, data_cfg.subsample_classes)
+
+
+def classification_datamodule(cfg, image_size: int) -> ClassificationDataModule:
+    data = cfg.data
+    return ClassificationDataModule(
+        lambda: read_splits(data, cfg.seed),
+        batch_size=data.batch_size,
+        eval_batch_size=data.eval_batch_size,
+        num_workers=data.num_workers,
+        image_size=data.image_size or image_size,
+        mean=data.normalization,
+        seed=cfg.seed,
+    )

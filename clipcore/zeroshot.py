@@ -1,0 +1,96 @@
+"""Zero-shot CLIP classification: the reference point of every table.
+
+``method: zeroshot`` evaluates the student (or, with ``zeroshot.model: teacher``, the teacher)
+with the dataset's template and reports micro top-1 accuracy.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torchmetrics.classification import MulticlassAccuracy
+
+from clipcore.backbone import ClipBackbone, load_backbone
+from clipcore.config import register_config_section
+from clipcore.data import get_dataset
+from clipcore.data.from_config import classification_datamodule
+from clipcore.module import ClipMethodModule
+from clipcore.registry import register_method
+
+
+@dataclass
+class ZeroShotConfig:
+    # student | teacher: which backbone section of the config to evaluate.
+    model: str = "student"
+    # None: the dataset's own template (kdpl spec 3.4).
+    template: Optional[str] = None
+
+
+register_config_section("zeroshot", ZeroShotConfig)
+
+
+def backbone_from_config(section) -> ClipBackbone:
+    return load_backbone(section.name, section.pretrained, config=section.config, cache_dir=section.cache_dir)
+
+
+@torch.no_grad()
+def encode_prompts(backbone: ClipBackbone, prompts: list[str], chunk: int = 256) -> torch.Tensor:
+    """Unnormalised text features, encoded in chunks on the backbone's device."""
+    device = next(backbone.parameters()).device
+    parts = [backbone.encode_text(backbone.tokenize(prompts[i:i + chunk]).to(device))
+             for i in range(0, len(prompts), chunk)]
+    return torch.cat(parts).float()
+
+
+class ZeroShotModule(ClipMethodModule):
+    method_name = "zeroshot"
+
+    def __init__(self, config: dict, backbone: ClipBackbone, prompts: list[str]):
+        super().__init__(config)
+        self.backbone = backbone.freeze()
+        self.prompts = prompts
+        # Computed on first use, on the module's device; never checkpointed.
+        self.register_buffer("text_features", torch.empty(0), persistent=False)
+        self.accuracy = MulticlassAccuracy(num_classes=len(prompts), average="micro")
+
+    def backbones(self):
+        return {"model": self.backbone}
+
+    def _text_features(self) -> torch.Tensor:
+        if self.text_features.numel() == 0:
+            feats = encode_prompts(self.backbone, self.prompts)
+            self.text_features = torch.nn.functional.normalize(feats, dim=-1)
+        return self.text_features
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            image = torch.nn.functional.normalize(self.backbone.encode_image(images).float(), dim=-1)
+        return self.backbone.logit_scale.exp().float() * image @ self._text_features().t()
+
+    def _eval_step(self, batch, stage: str) -> None:
+        self.accuracy(self(batch["image"]), batch["label"])
+        self.log(f"{stage}/acc", self.accuracy, on_epoch=True, prog_bar=True, batch_size=len(batch["label"]))
+
+    def validation_step(self, batch, batch_idx):
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._eval_step(batch, "test")
+
+    def configure_optimizers(self):
+        return None
+
+
+@register_method("zeroshot", ZeroShotModule, "zero-shot CLIP classification with the dataset's template")
+def build_zeroshot(cfg):
+    if cfg.zeroshot.model not in ("student", "teacher"):
+        raise ValueError(f"zeroshot.model={cfg.zeroshot.model!r}: expected 'student' or 'teacher'")
+    backbone = backbone_from_config(cfg[cfg.zeroshot.model])
+    datamodule = classification_datamodule(cfg, backbone.image_size)
+    info = get_dataset(cfg.data.name)
+    template = cfg.zeroshot.template or info.template
+    prompts = [template.format(c.replace("_", " ")) for c in datamodule.classnames]
+    from clipcore.config import to_plain
+
+    return ZeroShotModule(to_plain(cfg), backbone, prompts), datamodule

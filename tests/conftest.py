@@ -1,0 +1,57 @@
+"""Test harness: offline, CPU, W&B disabled, no network.
+
+The environment variables must be set before open_clip / huggingface_hub / wandb are imported,
+because they read them at import time (see ../shared/specs/ecosystem.md).
+"""
+import json
+import os
+import socket
+from pathlib import Path
+
+os.environ["WANDB_MODE"] = "disabled"
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+import pytest  # noqa: E402
+
+TESTS_DIR = Path(__file__).resolve().parent
+REPO_ROOT = TESTS_DIR.parent
+SHARED_ASSETS = REPO_ROOT.parent / "shared" / "assets"
+
+
+def _refuse_network(*args, **kwargs):
+    raise OSError("network access is disabled in tests")
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """Any attempt to open an internet connection fails immediately.
+
+    Unix sockets and loopback stay allowed: DDP on CPU (gloo) rendezvouses on 127.0.0.1.
+    """
+    real_connect = socket.socket.connect
+
+    def guarded_connect(self, address):
+        if self.family == socket.AF_UNIX:
+            return real_connect(self, address)
+        host = address[0] if isinstance(address, tuple) else str(address)
+        if host in ("127.0.0.1", "localhost", "::1", "0.0.0.0"):
+            return real_connect(self, address)
+        return _refuse_network()
+
+    monkeypatch.setattr(socket.socket, "connect", guarded_connect)
+    yield
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_config() -> dict:
+    """A 1.7M-parameter CLIP architecture (random weights, real tokenizer vocabulary)."""
+    return json.loads((TESTS_DIR / "assets" / "tiny-clip.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def shared_assets() -> Path:
+    if not SHARED_ASSETS.is_dir():
+        pytest.skip(f"shared assets not found at {SHARED_ASSETS}")
+    return SHARED_ASSETS
