@@ -13,11 +13,14 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
-import pytest  # noqa: E402
-
 TESTS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = TESTS_DIR.parent
 SHARED_ASSETS = REPO_ROOT.parent / "shared" / "assets"
+# Tests read the published data files from the shared copy, never from the network.
+if SHARED_ASSETS.is_dir():
+    os.environ.setdefault("CLIPCORE_ASSETS_DIR", str(SHARED_ASSETS))
+
+import pytest  # noqa: E402
 
 
 def _refuse_network(*args, **kwargs):
