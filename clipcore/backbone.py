@@ -1,0 +1,457 @@
+"""Load any open_clip CLIP and drive its towers piece by piece.
+
+This is the only module that knows open_clip's private structure. It offers:
+
+* `load_backbone`: built-in name + pretrained tag, a local weights file, a `local-dir:` bundle,
+  a registered synthetic model, or a bare architecture config (random init), failing fast and
+  clearly when weights are missing offline.
+* `ClipBackbone`: the text tower driven from token *embeddings* (prompt learning) and the vision
+  tower driven block by block with a hook (deep visual prompts), plus freezing and a fingerprint
+  of everything that determines the outputs.
+* `save_local_dir`: write an open_clip `local-dir:` bundle atomically.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Callable, Optional
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+log = logging.getLogger(__name__)
+
+Hook = Callable[[int, torch.Tensor], torch.Tensor]
+LOCAL_DIR = "local-dir:"
+SYNTHETIC = "synthetic-"
+WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+# `create_model` needs some built-in name; top-level keys of our config replace all of its keys.
+_BASE_NAME = "ViT-B-32"
+_REQUIRED_CFG_KEYS = ("embed_dim", "vision_cfg", "text_cfg")
+_TEXT_TOWER_MSG = ("Only OpenAI-style text towers (token_embedding/positional_embedding/transformer/"
+                   "ln_final/text_projection on the CLIP model) are supported.")
+
+
+class BackboneLoadError(RuntimeError):
+    """Weights could not be found or loaded; the message says how to point at a local copy."""
+
+
+def _load_error(name: str, tag: Optional[str], reason: str) -> BackboneLoadError:
+    return BackboneLoadError(
+        f"Could not load open_clip model '{name}' with pretrained='{tag}': {reason}\n"
+        f"If you are offline or the download is blocked, point at a local copy instead:\n"
+        f"  load_backbone('{name}', pretrained='/path/to/weights.safetensors')  (.pt/.bin also work)\n"
+        f"  load_backbone('local-dir:/path/to/bundle')  (a folder with open_clip_config.json and "
+        f"open_clip_model.safetensors)\n"
+        f"Downloads are cached by huggingface_hub (HF_HOME or cache_dir)."
+    )
+
+
+def _check_openai_text(model_cfg: dict, label: str) -> None:
+    """Prompt learning edits token embeddings, which only the OpenAI-style text tower exposes."""
+    text_cfg = model_cfg.get("text_cfg", {})
+    if model_cfg.get("custom_text") or "multimodal_cfg" in model_cfg or text_cfg.get("hf_model_name"):
+        raise ValueError(f"Model '{label}' has a custom or Hugging Face text tower. {_TEXT_TOWER_MSG}")
+
+
+def _read_config(config: dict | str | os.PathLike) -> tuple[dict, Optional[dict]]:
+    """Return (model_cfg, preprocess_cfg) from a dict / JSON path (bare or open_clip_config style)."""
+    if not isinstance(config, dict):
+        path = Path(config)
+        if not path.is_file():
+            raise FileNotFoundError(f"Model config JSON not found: {path}")
+        config = json.loads(path.read_text())
+    config = copy.deepcopy(config)
+    preprocess = config.get("preprocess_cfg") if "model_cfg" in config else None
+    model_cfg = config["model_cfg"] if "model_cfg" in config else config
+    missing = [k for k in _REQUIRED_CFG_KEYS if k not in model_cfg]
+    if missing:
+        raise ValueError(f"Model config lacks required keys {missing}; expected {list(_REQUIRED_CFG_KEYS)}")
+    return model_cfg, preprocess
+
+
+def _tokenizer_for_cfg(model_cfg: dict):
+    text_cfg = model_cfg.get("text_cfg", {})
+    context_length = text_cfg.get("context_length", 77)
+    if text_cfg.get("hf_tokenizer_name"):
+        return open_clip.tokenizer.HFTokenizer(text_cfg["hf_tokenizer_name"], context_length=context_length)
+    # The BPE vocabulary ships inside the wheel, so this works offline.
+    return open_clip.tokenizer.SimpleTokenizer(context_length=context_length)
+
+
+def load_backbone(name: str, pretrained: str | None = None, *, config: dict | str | None = None,
+                  cache_dir: str | None = None, device="cpu") -> "ClipBackbone":
+    """Build a `ClipBackbone`.
+
+    Args:
+        name: built-in open_clip name (use `-quickgelu` names for OpenAI/DFN weights),
+            `local-dir:/path/to/bundle`, or a registered `synthetic-*` name. With `config` it is
+            only a label.
+        pretrained: a tag (`openai`, `dfn5b`...), a path to a .pt/.bin/.safetensors file, or None
+            (random init).
+        config: dict or JSON path with an open_clip model config (`embed_dim`, `vision_cfg`,
+            `text_cfg`, `quick_gelu`...), or an `open_clip_config.json`-style dict with
+            `model_cfg`/`preprocess_cfg`. `pretrained` may then only be a weights file or None.
+        cache_dir: download cache for tags (defaults to the huggingface_hub cache).
+        device: where the model is put.
+    """
+    if name.startswith(SYNTHETIC) and config is None:
+        from clipcore.synthetic.models import resolve_synthetic  # lazy: heavy and optional
+
+        bundle = Path(resolve_synthetic(name))
+        model, model_cfg = _create_local_dir(bundle, device)
+        tokenizer = open_clip.get_tokenizer(LOCAL_DIR + str(bundle))
+        return ClipBackbone(model, tokenizer, name=name, pretrained=None, model_cfg=model_cfg)
+
+    if config is not None:
+        model_cfg, preprocess = _read_config(config)
+        _check_openai_text(model_cfg, name)
+        if pretrained is not None and not os.path.isfile(pretrained):
+            raise ValueError(f"With `config`, pretrained must be a weights file or None; got '{pretrained}'")
+        try:
+            with _seeded_random_init(name, pretrained):
+                model = open_clip.create_model(_BASE_NAME, pretrained=pretrained, device=device,
+                                               force_preprocess_cfg=preprocess, **model_cfg)
+        except Exception as e:  # noqa: BLE001 - rewrap with the model name and remedy
+            raise _load_error(name, pretrained, f"{type(e).__name__}: {e}") from e
+        return ClipBackbone(model, _tokenizer_for_cfg(model_cfg), name=name, pretrained=pretrained,
+                            model_cfg=model_cfg)
+
+    if name.startswith(LOCAL_DIR):
+        if pretrained is not None:
+            raise ValueError("A local-dir: bundle carries its own weights; pass pretrained=None")
+        bundle = Path(name[len(LOCAL_DIR):]).expanduser()
+        model, model_cfg = _create_local_dir(bundle, device)
+        tokenizer = open_clip.get_tokenizer(LOCAL_DIR + str(bundle))
+        return ClipBackbone(model, tokenizer, name=name, pretrained=None, model_cfg=model_cfg)
+
+    model_cfg = open_clip.get_model_config(name)
+    if model_cfg is None:
+        raise BackboneLoadError(f"Unknown open_clip model name '{name}' (see open_clip.list_models()); "
+                                f"for a local bundle use name='local-dir:/path/to/bundle'")
+    _check_openai_text(model_cfg, name)
+    if pretrained is not None and not os.path.isfile(pretrained):
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        if pretrained not in tags:
+            looks_like_file = pretrained.endswith(WEIGHT_SUFFIXES) or os.sep in pretrained
+            reason = (f"weights file not found: {pretrained}" if looks_like_file
+                      else f"unknown pretrained tag; tags for '{name}': {tags}")
+            raise _load_error(name, pretrained, reason)
+        tag_cfg = open_clip.get_pretrained_cfg(name, pretrained)
+        if tag_cfg.get("quick_gelu", False) and not model_cfg.get("quick_gelu", False):
+            warnings.warn(f"Tag '{pretrained}' was trained with QuickGELU but '{name}' uses GELU; "
+                          f"use '{name}-quickgelu' to reproduce the published model.", UserWarning)
+    try:
+        with _seeded_random_init(name, pretrained):
+            model = open_clip.create_model(name, pretrained=pretrained, device=device, cache_dir=cache_dir)
+    except Exception as e:  # noqa: BLE001 - rewrap with the model name and remedy
+        raise _load_error(name, pretrained, f"{type(e).__name__}: {e}") from e
+    return ClipBackbone(model, open_clip.get_tokenizer(name), name=name, pretrained=pretrained,
+                        model_cfg=model_cfg)
+
+
+@contextlib.contextmanager
+def _seeded_random_init(name: str, pretrained: Optional[str]):
+    """Random weights are a function of the model's name, not of the caller's RNG state.
+
+    A random-init backbone (tests, benchmarks) then has the same weights and fingerprint in
+    every process and every run, so its checkpoints can be resumed and evaluated; the global
+    generators are left as they were.
+    """
+    if pretrained is not None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(hashlib.sha256(name.encode()).hexdigest()[:8], 16))
+        yield
+
+
+def _create_local_dir(bundle: Path, device) -> tuple[nn.Module, dict]:
+    config_path = bundle / "open_clip_config.json"
+    if not config_path.is_file():
+        raise _load_error(LOCAL_DIR + str(bundle), None, f"missing {config_path}")
+    model_cfg, _ = _read_config(config_path)
+    _check_openai_text(model_cfg, LOCAL_DIR + str(bundle))
+    try:
+        model = open_clip.create_model(LOCAL_DIR + str(bundle), device=device, require_pretrained=True)
+    except Exception as e:  # noqa: BLE001 - rewrap with the bundle path and remedy
+        raise _load_error(LOCAL_DIR + str(bundle), None, f"{type(e).__name__}: {e}") from e
+    return model, model_cfg
+
+
+class ClipBackbone(nn.Module):
+    """An OpenAI-style open_clip CLIP with prompt-friendly entry points into both towers."""
+
+    def __init__(self, model: nn.Module, tokenizer, *, name: str, pretrained: Optional[str],
+                 model_cfg: dict):
+        super().__init__()
+        missing = [a for a in ("token_embedding", "positional_embedding", "transformer", "ln_final",
+                               "text_projection") if not hasattr(model, a)]
+        if missing:
+            raise ValueError(f"Model '{name}' ({type(model).__name__}) lacks {missing}. {_TEXT_TOWER_MSG}")
+        if model.text_pool_type not in ("argmax", "eos"):
+            raise ValueError(f"Text pool type '{model.text_pool_type}' of '{name}' is not supported")
+        if not model.transformer.batch_first:
+            raise ValueError(f"Text transformer of '{name}' is not batch-first")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.pretrained = pretrained
+        self.model_cfg = copy.deepcopy(model_cfg)
+        self._fingerprint: Optional[str] = None
+
+        self.embed_dim = int(model_cfg["embed_dim"])
+        self.text_width = model.token_embedding.embedding_dim
+        self.context_length = int(model.context_length)
+        self.n_text_blocks = len(model.transformer.resblocks)
+        visual = model.visual
+        self._vision_error = self._vision_layout_error(visual)
+        vit = self._vision_error is None
+        self.vision_width = visual.conv1.out_channels if vit else None
+        self.n_vision_blocks = len(visual.transformer.resblocks) if vit else None
+        pp = open_clip.get_model_preprocess_cfg(model)
+        size = pp.get("size", model_cfg["vision_cfg"].get("image_size", 224))
+        self.image_size = int(size if isinstance(size, int) else size[0])
+        self.image_mean = tuple(pp.get("mean", open_clip.OPENAI_DATASET_MEAN))
+        self.image_std = tuple(pp.get("std", open_clip.OPENAI_DATASET_STD))
+        self.preprocess_cfg = dict(pp)
+
+    @staticmethod
+    def _vision_layout_error(visual: nn.Module) -> Optional[str]:
+        if not isinstance(visual, open_clip.transformer.VisionTransformer):
+            return f"vision tower is {type(visual).__name__}, not an open_clip VisionTransformer"
+        if getattr(visual, "attn_pool", None) is not None or visual.pool_type != "tok":
+            return f"vision pooling ({visual.pool_type}, attentional pool) is not CLS-token pooling"
+        if not visual.transformer.batch_first:
+            return "vision transformer is not batch-first"
+        return None
+
+    def _require_vit(self):
+        if self._vision_error is not None:
+            raise ValueError(f"Block-level vision access for '{self.name}' is unsupported: {self._vision_error}")
+        return self.model.visual
+
+    # ----- attributes -----
+    @property
+    def logit_scale(self) -> nn.Parameter:
+        """The model's learned temperature in log space (use `.exp()`)."""
+        return self.model.logit_scale
+
+    @property
+    def text_blocks(self) -> nn.ModuleList:
+        return self.model.transformer.resblocks
+
+    @property
+    def vision_blocks(self) -> nn.ModuleList:
+        return self._require_vit().transformer.resblocks
+
+    # ----- text -----
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        """Token ids `[N, context_length]` (on CPU)."""
+        return self.tokenizer(list(texts)).long()
+
+    def eot_index(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Position the text tower pools from (argmax id, or first EOS for 'eos' pooling)."""
+        if self.model.text_pool_type == "eos":
+            return (tokens == self.model.text_eos_id).int().argmax(dim=-1)
+        return tokens.argmax(dim=-1)
+
+    def token_embedding(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Token embeddings `[N, L, W]`, without positional embedding."""
+        return self.model.token_embedding(tokens)
+
+    def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        return self.model.encode_text(tokens, normalize=normalize)
+
+    def encode_text_embeddings(self, embeddings: torch.Tensor, eot_index: torch.Tensor, *,
+                               hook: Optional[Hook] = None, truncate: bool = True,
+                               normalize: bool = False) -> torch.Tensor:
+        """Text features from token embeddings `[N, L, W]` pooled at `eot_index` `[N]`.
+
+        `hook(i, x)` runs before text block i and returns the (possibly edited) `x`. With a causal
+        mask, tokens after the last EOT cannot influence the pooled ones, so `truncate` drops them
+        (exact, and much cheaper for short prompts).
+        """
+        m = self.model
+        cast_dtype = m.transformer.get_cast_dtype()
+        eot_index = eot_index.to(embeddings.device).long()
+        length = embeddings.shape[1]
+        if truncate and m.attn_mask is not None:
+            length = int(eot_index.max()) + 1
+        x = embeddings[:, :length].to(cast_dtype) + m.positional_embedding[:length].to(cast_dtype)
+        for i, block in enumerate(m.transformer.resblocks):
+            if hook is not None:
+                x = hook(i, x)
+            x = self._run_block(m.transformer, block, x, self._text_mask(x.shape[1]))
+        x = m.ln_final(x)
+        x = x[torch.arange(x.shape[0], device=x.device), eot_index]
+        x = self._project(x, m.text_projection)
+        return F.normalize(x, dim=-1) if normalize else x
+
+    def _text_mask(self, length: int) -> Optional[torch.Tensor]:
+        mask = self.model.attn_mask
+        if mask is None:
+            return None
+        if length > mask.shape[0]:
+            raise ValueError(f"Text sequence of {length} tokens exceeds the causal mask ({mask.shape[0]})")
+        return mask[:length, :length]
+
+    # ----- vision -----
+    def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        return self.model.encode_image(images, normalize=normalize)
+
+    def encode_image_blocks(self, images: torch.Tensor, *, hook: Optional[Hook] = None,
+                            grad_from_block: Optional[int] = None, normalize: bool = False) -> torch.Tensor:
+        """Image features computed block by block; equals `encode_image` without a hook.
+
+        `hook(i, x[B, L, W])` runs before vision block i and may append or replace tokens (CLS is
+        token 0 and is what gets pooled). Everything before block `grad_from_block` (stem, hooks
+        and blocks with a smaller index) runs under `torch.no_grad()`, saving activation memory
+        when only the last blocks are trained.
+        """
+        visual = self._require_vit()
+        start = grad_from_block or 0
+        with torch.no_grad() if start > 0 else nullcontext():
+            x = visual.conv1(images.to(visual.conv1.weight.dtype))  # [B, W, grid, grid]
+            x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
+            cls = visual.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], -1, -1)
+            x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
+            x = visual.ln_pre(visual.patch_dropout(x))
+        for i, block in enumerate(visual.transformer.resblocks):
+            with torch.no_grad() if i < start else nullcontext():
+                if hook is not None:
+                    x = hook(i, x)
+                x = self._run_block(visual.transformer, block, x, None)
+        # LayerNorm is per token, so ln_post on CLS alone equals ln_post over all tokens then CLS
+        # (covers both final_ln_after_pool settings).
+        x = self._project(visual.ln_post(x[:, 0]), visual.proj)
+        return F.normalize(x, dim=-1) if normalize else x
+
+    # ----- helpers -----
+    @staticmethod
+    def _run_block(transformer: nn.Module, block: nn.Module, x: torch.Tensor,
+                   mask: Optional[torch.Tensor]) -> torch.Tensor:
+        if transformer.grad_checkpointing and torch.is_grad_enabled():
+            return checkpoint(block, x, None, None, mask, use_reentrant=False)
+        return block(x, attn_mask=mask)
+
+    @staticmethod
+    def _project(x: torch.Tensor, projection) -> torch.Tensor:
+        if projection is None:
+            return x
+        if isinstance(projection, nn.Linear):
+            return projection(x)
+        return x @ projection
+
+    # ----- freezing -----
+    def vision_pre_norm(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``ln_pre`` of the vision tower: tokens inserted by a hook after the embedding step
+        (VPT, PromptSRC input prompts) must pass through it to match prompts added before it."""
+        return self._require_vit().ln_pre(tokens)
+
+    def freeze(self) -> "ClipBackbone":
+        """Turn off gradients for every parameter."""
+        for p in self.parameters():
+            p.requires_grad_(False)
+        return self
+
+    def unfreeze_last_vision_blocks(self, n: int) -> "ClipBackbone":
+        """Turn gradients on for the last `n` vision blocks only (not ln_post/proj, as SimGCD does)."""
+        blocks = self.vision_blocks
+        if not 0 <= n <= len(blocks):
+            raise ValueError(f"n must be in [0, {len(blocks)}], got {n}")
+        for block in list(blocks)[len(blocks) - n:]:
+            for p in block.parameters():
+                p.requires_grad_(True)
+        return self
+
+    # ----- identity -----
+    def fingerprint(self, refresh: bool = False) -> str:
+        """sha256 (16 hex chars) of name, tag, architecture and every parameter/buffer byte.
+
+        Computed from the weights at the first call and cached (a frozen backbone does not
+        change); pass `refresh=True` after editing weights. Directory parts of local paths are
+        left out so a bundle or file moved to another machine keeps its fingerprint.
+        """
+        if self._fingerprint is not None and not refresh:
+            return self._fingerprint
+        h = hashlib.sha256()
+        name = self.name
+        if name.startswith(LOCAL_DIR):
+            name = LOCAL_DIR + Path(name[len(LOCAL_DIR):]).name
+        tag = self.pretrained
+        if tag is not None and os.path.isfile(tag):
+            tag = Path(tag).name
+        header = {"name": name, "pretrained": tag, "model_cfg": self.model_cfg}
+        h.update(json.dumps(header, sort_keys=True, default=str).encode())
+        tensors = dict(self.model.named_parameters())
+        tensors.update({f"buffer:{k}": v for k, v in self.model.named_buffers()})
+        for key in sorted(tensors):
+            t = tensors[key].detach().cpu().contiguous()
+            h.update(f"{key}|{t.dtype}|{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        self._fingerprint = h.hexdigest()[:16]
+        return self._fingerprint
+
+
+def save_local_dir(backbone_or_model: nn.Module, config: Optional[dict], path: str | os.PathLike, *,
+                   overwrite: bool = False) -> Path:
+    """Write an open_clip `local-dir:` bundle (open_clip_config.json + open_clip_model.safetensors).
+
+    `config` is the model config (`embed_dim`, `vision_cfg`, `text_cfg`, ...; None takes it from a
+    `ClipBackbone`). The bundle is written into a temporary sibling folder and renamed into place,
+    so a crash never leaves a half-written bundle at `path`. Load it with
+    `load_backbone('local-dir:' + str(path))`.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    is_backbone = isinstance(backbone_or_model, ClipBackbone)
+    model = backbone_or_model.model if is_backbone else backbone_or_model
+    if config is None:
+        if not is_backbone:
+            raise ValueError("config is required when saving a bare open_clip model")
+        config = backbone_or_model.model_cfg
+    model_cfg, _ = _read_config(config)
+    preprocess = dict(open_clip.get_model_preprocess_cfg(model))
+    preprocess.setdefault("size", model_cfg["vision_cfg"].get("image_size", 224))
+    preprocess.setdefault("mean", list(open_clip.OPENAI_DATASET_MEAN))
+    preprocess.setdefault("std", list(open_clip.OPENAI_DATASET_STD))
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"Bundle already exists: {path} (pass overwrite=True to replace it)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / "open_clip_model.safetensors"))
+        bundle_cfg = {"model_cfg": model_cfg, "preprocess_cfg": preprocess}
+        (tmp / "open_clip_config.json").write_text(json.dumps(bundle_cfg, indent=2, default=list))
+        old = None
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+            os.replace(path, old / "bundle")
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            if not path.exists():
+                raise
+            # Another writer finished first; keep its bundle rather than failing.
+            log.warning("Bundle %s was written concurrently; keeping the existing one", path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return path
