@@ -1,0 +1,320 @@
+"""Shared machinery of the prompt learners (spec kdpl.md §1).
+
+A prompt learner owns only what it learns (context vectors, meta-net, deep prompts,
+projections); the frozen `ClipBackbone` is held by reference and deliberately *not* registered
+as a submodule, so `learner.parameters()`, `learner.state_dict()` and an optimizer built on the
+learner see nothing else. The caller (the LightningModule) registers and moves the backbone.
+
+Class-list dependent tensors (token ids, EOT positions, fixed text features) are
+non-persistent buffers rebuilt by `set_classnames`, which is how learned prompts transfer to
+novel classes or other datasets (the reference drops `token_prefix/suffix` when loading).
+
+Prompt embeddings are never materialised for the whole class list: `forward` indexes the token
+ids of the selected classes, embeds only those (a frozen lookup) and runs the text tower only up
+to their longest EOT (spec §6 "index prefix/suffix first").
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, ClassVar, Mapping, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kdpl.prompts.hooks import Hook
+
+
+@dataclass
+class PromptConfig:
+    """Hyper-parameters of every prompt learner; `None` means "the learner's default" (§1.6).
+
+    `n_ctx` is the number of *text* context tokens (CoOp/CoCoOp: `None` = token count of
+    `ctx_init`; MaPLe 2; PromptSRC 4). `depth` is the deep-prompt depth (VPT 12, MaPLe 9,
+    PromptSRC 9 / 3 cross-dataset); PromptSRC may set `text_depth`/`vision_depth` separately.
+    Precision is not a field: learned tensors are fp32 and the caller chooses the autocast.
+    """
+
+    n_ctx: Optional[int] = None
+    ctx_init: Optional[str] = "a photo of a"
+    class_token_position: str = "end"  # CoOp only: end | middle | front
+    class_specific: bool = False  # CoOp CSC: one context per class
+    depth: Optional[int] = None
+    text_depth: Optional[int] = None
+    vision_depth: Optional[int] = None
+    vision_ctx: Optional[int] = None
+    init_std: float = 0.02
+    template: str = "a photo of a {}."  # hand-crafted text of VPT and of the zero-shot checks
+    meta_net_ratio: int = 16  # CoCoOp hidden width = embed_dim // ratio
+    text_chunk_size: int = 1024  # prompts per text-tower call when encoding many at once
+    scl_text_weight: float = 25.0
+    scl_image_weight: float = 10.0
+    scl_logits_weight: float = 1.0
+    gpa_mean: Optional[float] = None
+    gpa_std: Optional[float] = None
+
+    @classmethod
+    def from_any(cls, cfg: "PromptConfig | Mapping[str, Any] | None") -> "PromptConfig":
+        if cfg is None:
+            return cls()
+        if isinstance(cfg, PromptConfig):
+            return cfg
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(cfg) - known)
+        if unknown:
+            raise ValueError(f"Unknown prompt config keys {unknown}; expected some of {sorted(known)}")
+        return cls(**dict(cfg))
+
+    def with_defaults(self, defaults: Mapping[str, Any]) -> "PromptConfig":
+        """Fill the fields left at `None` from a learner's defaults."""
+        return replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
+
+
+@dataclass
+class PromptOutput:
+    """Result of a learner's forward.
+
+    `logits` [B, C_sel] fp32 = exp(logit_scale)·ĩ·t̃ᵀ; `image_features` [B, D] and
+    `text_features` ([C_sel, D], or [B, C_sel, D] for CoCoOp) are L2-normalised fp32.
+    `extras` carries learner-specific tensors (PromptSRC's zero-shot references).
+    """
+
+    logits: Tensor
+    image_features: Tensor
+    text_features: Tensor
+    extras: dict[str, Tensor] = field(default_factory=dict)
+
+
+class PromptLearner(nn.Module):
+    """Base class: class-list buffers, class selection, feature normalisation and logits."""
+
+    name: ClassVar[str] = ""
+    defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, backbone, classnames: list[str], cfg: PromptConfig | Mapping | None = None):
+        super().__init__()
+        # Held by reference, not as a submodule: the learner must not own frozen weights.
+        object.__setattr__(self, "_backbone", backbone)
+        self.cfg = PromptConfig.from_any(cfg).with_defaults(self.defaults)
+        self.classnames: list[str] = []
+
+    @property
+    def backbone(self):
+        return self._backbone
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classnames)
+
+    # ----- class list -----
+    def set_classnames(self, classnames: list[str]) -> None:
+        """Rebuild every class-dependent buffer for `classnames`; learned tensors are untouched."""
+        if len(classnames) == 0:
+            raise ValueError("classnames must not be empty")
+        self.classnames = [c.replace("_", " ") for c in classnames]
+        self._build_class_buffers()
+
+    def _build_class_buffers(self) -> None:
+        """Subclasses register their non-persistent class buffers here."""
+
+    def _finish_init(self, classnames: list[str]) -> None:
+        """Called at the end of a subclass constructor: live on the backbone's device, then
+        build the class buffers."""
+        self.to(self.backbone.logit_scale.device)
+        self.set_classnames(classnames)
+
+    def _device(self) -> torch.device:
+        for t in self.parameters():
+            return t.device
+        return self.backbone.logit_scale.device
+
+    def _set_buffer(self, name: str, value: Tensor) -> None:
+        self.register_buffer(name, value.to(self._device()), persistent=False)
+
+    def _register_prompt_tokens(self, prefix: str, n_ctx: int = 0, position: str = "end") -> None:
+        """Token ids and EOT positions of "<prefix> <classname>." per class, and for CoOp's
+        "middle"/"front" positions the gather map `prompt_index[c, p]`: prompt token p is
+        context vector j for `j < n_ctx`, else frozen token `j - n_ctx` of the tokenised prompt.
+        """
+        tokens = self.backbone.tokenize([f"{prefix} {c}." for c in self.classnames])
+        self._set_buffer("prompt_tokens", tokens)
+        self._set_buffer("prompt_eot", self.backbone.eot_index(tokens))
+        self._n_prompt_ctx = n_ctx
+        self._gather_prompts = n_ctx > 0 and position != "end"
+        if self._gather_prompts:
+            name_lens = self.backbone.eot_index(self.backbone.tokenize(self.classnames)) - 1
+            split = {"middle": n_ctx // 2, "front": 0}[position]
+            self._set_buffer("prompt_index", _assembly_index(tokens.shape[1], n_ctx, split, name_lens))
+
+    def _selected_tokens(self, class_indices: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+        """Token ids of the selected classes, cut after their last EOT, and the EOT positions."""
+        tokens, eot = self.prompt_tokens, self.prompt_eot
+        if class_indices is not None:
+            class_indices = class_indices.to(tokens.device)
+            tokens, eot = tokens[class_indices], eot[class_indices]
+        return tokens[:, : int(eot.max()) + 1], eot
+
+    def _assemble(self, ctx: Tensor, class_indices: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+        """Prompt embeddings `[*lead, C_sel, L, W]` and EOT positions `[C_sel]` of the selected
+        classes; `ctx` is `[n, W]` (shared), `[C_sel, n, W]` or `[*lead, 1 | C_sel, n, W]`."""
+        tokens, eot = self._selected_tokens(class_indices)
+        emb = self._embed(tokens)  # [C, L, W]
+        n_cls, length, width = emb.shape
+        n = self._n_prompt_ctx
+        lead = ctx.shape[:-3] if ctx.dim() > 2 else ()
+        ctx = ctx.to(emb.device).expand(*lead, n_cls, n, width)
+        emb = emb.expand(*lead, n_cls, length, width)
+        if not self._gather_prompts:  # class token at the end: [SOT][ctx][name . EOT ...]
+            return torch.cat([emb[..., :1, :], ctx, emb[..., 1 + n:, :]], dim=-2), eot
+        index = self.prompt_index if class_indices is None else self.prompt_index[class_indices.to(tokens.device)]
+        index = index[:, :length].to(emb.device)
+        rows = torch.arange(n_cls, device=emb.device).unsqueeze(1)
+        return torch.cat([ctx, emb], dim=-2)[..., rows, index, :], eot
+
+    def _embed(self, tokens: Tensor) -> Tensor:
+        """Frozen token embeddings in fp32 (so they concatenate with fp32 learned context)."""
+        weight_device = self.backbone.logit_scale.device
+        with torch.no_grad():
+            return self.backbone.token_embedding(tokens.to(weight_device)).float()
+
+    # ----- context initialisation -----
+    def _init_context(self, n_ctx: Optional[int], ctx_init: Optional[str], width: int,
+                      leading: tuple[int, ...] = ()) -> tuple[Tensor, str, int]:
+        """Context vectors `[*leading, n_ctx, width]`, the prompt prefix string, and n_ctx.
+
+        With `ctx_init` the vectors are the token embeddings of its first `n_ctx` tokens (all of
+        them when `n_ctx` is None) and the prompt text keeps the whole phrase, so MaPLe's
+        "a photo" context is followed by "of a {c}." as in the reference. Without it they are
+        N(0, init_std) and the phrase is "X X ... X".
+        """
+        if ctx_init:
+            phrase = ctx_init.replace("_", " ").strip()
+            tokens = self.backbone.tokenize([phrase])
+            n_phrase = int(self.backbone.eot_index(tokens)[0]) - 1
+            n_ctx = n_phrase if n_ctx is None else n_ctx
+            if not 1 <= n_ctx <= n_phrase:
+                raise ValueError(f"n_ctx={n_ctx} but ctx_init '{phrase}' has {n_phrase} tokens; "
+                                 "use n_ctx <= the phrase length or ctx_init=None for random context")
+            vectors = self._embed(tokens)[0, 1:1 + n_ctx].clone()
+            vectors = vectors.expand(*leading, n_ctx, width).clone()
+            return vectors, phrase, n_ctx
+        if n_ctx is None or n_ctx < 1:
+            raise ValueError(f"random context needs n_ctx >= 1, got {n_ctx}")
+        vectors = torch.empty(*leading, n_ctx, width)
+        nn.init.normal_(vectors, std=self.cfg.init_std)
+        return vectors, " ".join(["X"] * n_ctx), n_ctx
+
+    # ----- encoders -----
+    def _encode_text_chunks(self, embeddings: Tensor, eot: Tensor, hook: Optional[Hook] = None) -> Tensor:
+        """Unnormalised text features of many prompts, `text_chunk_size` prompts per call."""
+        size = max(1, self.cfg.text_chunk_size)
+        if embeddings.shape[0] <= size:
+            return self.backbone.encode_text_embeddings(embeddings, eot, hook=hook, truncate=True)
+        return torch.cat([
+            self.backbone.encode_text_embeddings(e, i, hook=hook, truncate=True)
+            for e, i in zip(embeddings.split(size), eot.split(size))
+        ])
+
+    @torch.no_grad()
+    def _frozen_text_features(self, templates: Sequence[str]) -> Tensor:
+        """Zero-shot text features `[C, D]` (fp32, unnormalised) averaged over `templates`.
+
+        All template × class prompts go through the text tower in chunks of `text_chunk_size`,
+        each cut after its longest EOT; per-class sums are accumulated, so memory stays
+        O(C·D) even for a 20k-class dictionary × 60 templates.
+        """
+        n_cls, chunk = len(self.classnames), max(1, self.cfg.text_chunk_size)
+        total = len(templates) * n_cls
+        sums = None
+        with fp32(self.backbone.logit_scale):  # a cache: computed in fp32 whatever the caller's autocast
+            for start in range(0, total, chunk):
+                flat = range(start, min(total, start + chunk))
+                texts = [templates[k // n_cls].format(self.classnames[k % n_cls]) for k in flat]
+                tokens = self.backbone.tokenize(texts)
+                eot = self.backbone.eot_index(tokens)
+                feats = self.backbone.encode_text_embeddings(
+                    self._embed(tokens[:, : int(eot.max()) + 1]), eot, truncate=True).float()
+                if sums is None:
+                    sums = feats.new_zeros(n_cls, feats.shape[1])
+                sums.index_add_(0, torch.tensor([k % n_cls for k in flat], device=feats.device), feats)
+        return sums / len(templates)
+
+    def _vision_pre_norm(self, tokens: Tensor) -> Tensor:
+        """The vision stem's LayerNorm applied to prompt tokens.
+
+        The reference appends input-level visual prompts *before* `ln_pre`; the backbone's block
+        hook runs after it, and LayerNorm is per token, so normalising the prompts here is exact.
+        """
+        norm = getattr(self.backbone, "vision_pre_norm", None)
+        if norm is not None:
+            return norm(tokens)
+        # TODO(lead): replace by ClipBackbone.vision_pre_norm (only backbone.py should know this).
+        return self.backbone.model.visual.ln_pre(tokens)
+
+    def encode_images(self, images: Tensor) -> Tensor:
+        """Unnormalised image features; prompted learners override."""
+        return self.backbone.encode_image(images)
+
+    def encode_class_text(self, class_indices: Optional[Tensor]) -> Tensor:
+        """Unnormalised text features `[C_sel, D]` of the (selected) classes."""
+        raise NotImplementedError
+
+    def forward(self, images: Tensor, class_indices: Optional[Tensor] = None) -> PromptOutput:
+        image_features = self.encode_images(images)
+        text_features = self.encode_class_text(class_indices)
+        with fp32(image_features):
+            image_features = F.normalize(image_features.float(), dim=-1)
+            text_features = F.normalize(text_features.float(), dim=-1)
+            logits = self.logit_scale() * image_features @ text_features.t()
+        return PromptOutput(logits, image_features, text_features)
+
+    def logit_scale(self) -> Tensor:
+        """exp(logit_scale) of the frozen backbone, fp32."""
+        return self.backbone.logit_scale.detach().float().exp()
+
+    # ----- losses and learned state -----
+    def regularization_loss(self, output: PromptOutput) -> tuple[Tensor, dict[str, Tensor]]:
+        """Learner-specific loss added to the task loss (zero except for PromptSRC)."""
+        return output.logits.new_zeros(()), {}
+
+    def learned_state(self) -> dict[str, Tensor]:
+        """Detached copies of every learned tensor (the learner owns nothing else)."""
+        return {k: v.detach().clone() for k, v in self.state_dict().items()}
+
+    def load_learned_state(self, state: Mapping[str, Tensor]) -> None:
+        """Load tensors from `learned_state`; keys and shapes must match exactly."""
+        own = self.state_dict()
+        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise KeyError(f"{type(self).__name__}: learned state mismatch, missing {missing}, "
+                           f"unexpected {unexpected}")
+        for key, value in state.items():
+            if tuple(value.shape) != tuple(own[key].shape):
+                raise ValueError(f"{type(self).__name__}.{key}: expected shape {tuple(own[key].shape)}, "
+                                 f"got {tuple(value.shape)} (class-specific context does not transfer "
+                                 "across class lists)")
+        self.load_state_dict(dict(state), strict=True)
+
+    def _check_depth(self, depth: int, blocks: int, tower: str) -> None:
+        if not 1 <= depth <= blocks:
+            raise ValueError(f"{self.name}: {tower} prompt depth {depth} must be in [1, {blocks}] "
+                             f"for backbone '{self.backbone.name}'")
+
+
+def fp32(like: Tensor):
+    """Context that turns autocast off on `like`'s device: logits, softmax and losses in fp32."""
+    return torch.autocast(device_type=like.device.type, enabled=False)
+
+
+def _assembly_index(length: int, n_ctx: int, split: int, name_lens: Tensor) -> Tensor:
+    """`[C, length]` gather map: SOT, ctx[:split], class name, ctx[split:], rest (see
+    `_register_prompt_tokens`). split = n_ctx is CoOp "end", n_ctx // 2 "middle", 0 "front"."""
+    pos = torch.arange(length).unsqueeze(0)  # [1, L]
+    lens = name_lens.long().unsqueeze(1)  # [C, 1]
+    n = n_ctx
+    index = n + pos  # tokens keep their place (SOT, and everything after ctx + name)
+    index = torch.where((pos >= 1) & (pos <= split), pos - 1, index)
+    in_name = (pos > split) & (pos <= split + lens)
+    index = torch.where(in_name, 2 * n + pos - split, index)  # name token q sits at 1 + n + q
+    in_tail_ctx = (pos > split + lens) & (pos <= n + lens)
+    return torch.where(in_tail_ctx, pos - lens - 1, index)
