@@ -39,7 +39,10 @@ def resolve_wandb_mode(mode: str) -> str:
 def build_loggers(cfg, run_dir: Path, config_dict: dict) -> list[Logger]:
     loggers: list[Logger] = []
     if cfg.logger.csv:
-        loggers.append(CSVLogger(save_dir=str(run_dir), name="metrics", version=""))
+        # One folder per attempt (0, then 1, 2... for resumes): Lightning's CSV logger would
+        # otherwise delete the metrics an interrupted attempt already wrote.
+        attempt = sum(1 for p in (run_dir / "metrics").glob("*/metrics.csv")) if (run_dir / "metrics").is_dir() else 0
+        loggers.append(CSVLogger(save_dir=str(run_dir), name="metrics", version=str(attempt)))
     mode = resolve_wandb_mode(cfg.logger.wandb.mode)
     if mode != "disabled":
         from lightning.pytorch.loggers import WandbLogger

@@ -5,7 +5,7 @@ What it adds to Lightning:
   method names in ``extra_state_keys``), never the frozen towers;
 - checkpoints carry a fingerprint of every frozen backbone, and loading one onto a different
   backbone is refused;
-- a uniform export hook (``export_state`` / ``from_export``) used by ``eval.py export``.
+- a uniform export hook (``export_state`` / ``load_export``) used by ``eval.py export``.
 """
 from __future__ import annotations
 
@@ -45,9 +45,20 @@ class ClipMethodModule(L.LightningModule):
         """Tensors and JSON metadata that rebuild the learned model; see ``clipcore.export``."""
         raise NotImplementedError(f"{type(self).__name__} does not support export")
 
-    @classmethod
-    def from_export(cls, tensors: dict[str, torch.Tensor], metadata: dict, config: dict) -> "ClipMethodModule":
-        raise NotImplementedError(f"{cls.__name__} does not support import")
+    def load_export(self, tensors: dict[str, torch.Tensor], metadata: dict) -> None:
+        """Load what ``export_state`` wrote into a module built from the export's config."""
+        raise NotImplementedError(f"{type(self).__name__} does not support import")
+
+    def on_train_start(self) -> None:
+        # After a resume, Lightning restores the optimizer's stored rate, which belongs to the
+        # schedule of the interrupted run. Recompute it from the restored epoch so the resumed
+        # epoch runs at the rate the current schedule gives (the SpectralGCD reference does not).
+        for config in self.trainer.lr_scheduler_configs:
+            scheduler = config.scheduler
+            if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+                for group, factor, base in zip(scheduler.optimizer.param_groups, scheduler.lr_lambdas,
+                                               scheduler.base_lrs):
+                    group["lr"] = base * factor(scheduler.last_epoch)
 
     # -- trainable-only checkpoints ---------------------------------------------------------
     def trainable_keys(self) -> set[str]:

@@ -3,7 +3,7 @@
     <output_dir>/<experiment>/<YYYYmmdd-HHMMSS>/
         config.yaml        resolved config of the run
         checkpoints/       last.ckpt and the best checkpoint(s) (trainable tensors + trainer state)
-        metrics/           CSV logger (metrics.csv, hparams.yaml)
+        metrics/<attempt>/ CSV logger (metrics.csv, hparams.yaml); attempt 0, then 1, 2... per resume
         eval/              metrics.json and metrics.md written by train.py / eval.py
         exports/           safetensors + JSON exports
         wandb/             W&B files (offline runs can be synced from here)

@@ -18,7 +18,7 @@ from clipcore.checkpoint import AtomicCheckpointIO, RNGStateCallback
 from clipcore.config import from_plain, load_config, save_config, to_plain
 from clipcore.export import read_export, write_export
 from clipcore.logging import build_loggers
-from clipcore.module import ClipMethodModule
+from clipcore.module import ClipMethodModule, check_fingerprints
 from clipcore.registry import get_method
 from clipcore.rundir import RUN_DIR_ENV, latest_checkpoint, new_run_dir, run_dir_of_checkpoint
 
@@ -59,11 +59,10 @@ def build_trainer(cfg: DictConfig, run_dir: Path, loggers: list) -> L.Trainer:
                      **trainer_kwargs(cfg))
 
 
-def configure_file_logging(run_dir: Path, filename: str) -> None:
-    handler = logging.FileHandler(run_dir / filename)
+def file_log_handler(path: Path) -> logging.Handler:
+    handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.getLogger().addHandler(handler)
-    logging.getLogger().setLevel(logging.INFO)
+    return handler
 
 
 def resolve_resume(cfg: DictConfig) -> tuple[Path | None, Path | None]:
@@ -81,9 +80,21 @@ def train(cfg: DictConfig) -> Path:
     ckpt, run_dir = resolve_resume(cfg)
     run_dir = run_dir or new_run_dir(cfg.output_dir, cfg.experiment)
     os.environ[RUN_DIR_ENV] = str(run_dir)  # DDP worker processes write into the same folder
+    handler = file_log_handler(run_dir / "train.log")
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(min(root.level, logging.INFO) if root.level else logging.INFO)
+    try:
+        return _train_in(cfg, run_dir, ckpt)
+    finally:
+        os.environ.pop(RUN_DIR_ENV, None)
+        root.removeHandler(handler)
+        handler.close()
+
+
+def _train_in(cfg: DictConfig, run_dir: Path, ckpt: Path | None) -> Path:
     if not (run_dir / "config.yaml").exists():
         save_config(cfg, run_dir / "config.yaml")
-    configure_file_logging(run_dir, "train.log")
     L.seed_everything(cfg.seed, workers=True)
 
     module, datamodule = get_method(cfg.method).build(cfg)
@@ -97,8 +108,17 @@ def train(cfg: DictConfig) -> Path:
     if trainer.is_global_zero:
         write_metrics(merge_results(results), run_dir / "eval", title=f"{cfg.method} on {cfg.data.name}")
         if cfg.export and not cfg.trainer.fast_dev_run:
-            export_module(module, run_dir / "exports" / "final")
+            export_module(module, unused_path(run_dir / "exports" / "final"))
     return run_dir
+
+
+def unused_path(path: Path) -> Path:
+    """``path``, or ``path-2``, ``path-3``... : a resumed run never overwrites an earlier export."""
+    candidate, n = path, 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}-{n}")
+    return candidate
 
 
 def merge_results(results: list[dict]) -> dict[str, float]:
@@ -151,9 +171,9 @@ def module_from_checkpoint(path: Path, files: list[str] = (), overrides: list[st
 def module_from_export(directory: Path, files: list[str] = (), overrides: list[str] = ()):
     tensors, metadata = read_export(directory)
     cfg = load_config(files, overrides, base=from_plain(metadata["config"]))
-    entry = get_method(metadata["method"])
-    module = entry.module_class.from_export(tensors, metadata, to_plain(cfg))
-    _, datamodule = entry.build(cfg)
+    module, datamodule = get_method(metadata["method"]).build(cfg)
+    check_fingerprints(metadata.get("backbone_fingerprints", {}), module.fingerprints())
+    module.load_export(tensors, metadata)
     return cfg, module, datamodule
 
 

@@ -11,12 +11,14 @@ from typing import Optional
 import torch
 from torchmetrics.classification import MulticlassAccuracy
 
-from clipcore.backbone import ClipBackbone, load_backbone
-from clipcore.config import register_config_section
+from clipcore.backbone import ClipBackbone
+from clipcore.build import backbone_from_config, fill_template
+from clipcore.config import register_config_section, to_plain
 from clipcore.data import get_dataset
 from clipcore.data.from_config import classification_datamodule
 from clipcore.module import ClipMethodModule
 from clipcore.registry import register_method
+from clipcore.teacher import encode_prompts
 
 
 @dataclass
@@ -28,19 +30,6 @@ class ZeroShotConfig:
 
 
 register_config_section("zeroshot", ZeroShotConfig)
-
-
-def backbone_from_config(section) -> ClipBackbone:
-    return load_backbone(section.name, section.pretrained, config=section.config, cache_dir=section.cache_dir)
-
-
-@torch.no_grad()
-def encode_prompts(backbone: ClipBackbone, prompts: list[str], chunk: int = 256) -> torch.Tensor:
-    """Unnormalised text features, encoded in chunks on the backbone's device."""
-    device = next(backbone.parameters()).device
-    parts = [backbone.encode_text(backbone.tokenize(prompts[i:i + chunk]).to(device))
-             for i in range(0, len(prompts), chunk)]
-    return torch.cat(parts).float()
 
 
 class ZeroShotModule(ClipMethodModule):
@@ -90,7 +79,5 @@ def build_zeroshot(cfg):
     datamodule = classification_datamodule(cfg, backbone.image_size)
     info = get_dataset(cfg.data.name)
     template = cfg.zeroshot.template or info.template
-    prompts = [template.format(c.replace("_", " ")) for c in datamodule.classnames]
-    from clipcore.config import to_plain
-
+    prompts = fill_template(template, datamodule.classnames)
     return ZeroShotModule(to_plain(cfg), backbone, prompts), datamodule

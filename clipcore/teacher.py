@@ -1,0 +1,75 @@
+"""Caches of frozen-model outputs (teacher text features, per-image teacher representations).
+
+Every cache file is keyed by a sha256 of everything that determines its content (backbone
+fingerprint, prompts, transform, temperature, dataset split ...), and the key is stored inside the
+file and checked on load: a stale or foreign cache is recomputed, never silently reused.
+Files are safetensors (no pickle) written atomically.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+log = logging.getLogger(__name__)
+
+KEY_FIELD = "cache_key"
+
+
+def cache_root() -> Path:
+    """``$CLIPCORE_CACHE_DIR``, else ``$XDG_CACHE_HOME/clipcore``, else ``~/.cache/clipcore``."""
+    if os.environ.get("CLIPCORE_CACHE_DIR"):
+        return Path(os.environ["CLIPCORE_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "clipcore"
+
+
+def cache_key(parts: dict) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def load_or_compute(kind: str, parts: dict, compute: Callable[[], dict[str, torch.Tensor]],
+                    cache_dir: str | Path | None = None) -> dict[str, torch.Tensor]:
+    """Return the cached tensors for ``parts``, computing and storing them on a miss."""
+    key = cache_key({"kind": kind, **parts})
+    folder = Path(cache_dir) if cache_dir else cache_root() / kind
+    path = folder / f"{key[:32]}.safetensors"
+    if path.is_file():
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                if (f.metadata() or {}).get(KEY_FIELD) == key:
+                    return {name: f.get_tensor(name) for name in f.keys()}
+            log.warning("cache %s does not match its key; recomputing", path)
+        except Exception as exc:  # noqa: BLE001 - a corrupt cache is recomputed, with a warning
+            log.warning("cache %s is unreadable (%s); recomputing", path, exc)
+    tensors = compute()
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
+              metadata={KEY_FIELD: key, "parts": json.dumps(parts, default=str)[:10000]})
+    os.replace(tmp, path)
+    log.info("cached %s at %s", kind, path)
+    return tensors
+
+
+@torch.no_grad()
+def encode_prompts(backbone, prompts: list[str], chunk: int = 256) -> torch.Tensor:
+    """Unnormalised fp32 text features of ``prompts``, encoded in chunks on the backbone's device."""
+    device = backbone.logit_scale.device
+    parts = [backbone.encode_text(backbone.tokenize(prompts[i:i + chunk]).to(device)).float()
+             for i in range(0, len(prompts), chunk)]
+    return torch.cat(parts)
+
+
+def cached_text_features(backbone, prompts: list[str], cache_dir: str | Path | None = None) -> torch.Tensor:
+    """Teacher text features (unnormalised, as the reference stores them), computed once per
+    (weights fingerprint, prompt list)."""
+    parts = {"fingerprint": backbone.fingerprint(), "prompts": prompts}
+    return load_or_compute("text_features", parts, lambda: {"features": encode_prompts(backbone, prompts)},
+                           cache_dir)["features"]

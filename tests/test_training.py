@@ -1,0 +1,152 @@
+"""The training loop end to end: fit, checkpoints, resume, export/import, eval, DDP."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from clipcore.cli import register_methods
+from clipcore.config import load_config
+from clipcore.export import read_export
+from clipcore.module import CheckpointMismatchError
+from clipcore import runner
+from training_helpers import TINY, overrides, tiny_dataset
+
+register_methods()
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_train(tmp_path, **extra) -> Path:
+    cfg = load_config([], overrides(tmp_path / "data", tmp_path / "runs", **extra))
+    return runner.train(cfg)
+
+
+@pytest.fixture
+def data(tmp_path):
+    return tiny_dataset(tmp_path / "data")
+
+
+def learned(ckpt: Path) -> dict[str, torch.Tensor]:
+    return torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def test_fit_writes_run_directory_with_trainable_only_checkpoint(tmp_path, data):
+    run_dir = run_train(tmp_path)
+    assert (run_dir / "config.yaml").is_file()
+    assert (run_dir / "metrics" / "0" / "metrics.csv").is_file()
+    metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
+    assert 0.0 <= metrics["test/acc"] <= 1.0
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    # Only the learned context, never the frozen CLIP.
+    assert set(ckpt["state_dict"]) == {"learner.ctx"}
+    assert ckpt["epoch"] == 2 and "optimizer_states" in ckpt and "backbone_fingerprints" in ckpt
+    assert not list((run_dir / "checkpoints").glob(".*tmp*"))  # atomic writes leave nothing behind
+    tensors, meta = read_export(run_dir / "exports" / "final")
+    assert set(tensors) == {"learner.ctx"} and meta["method"] == "coop"
+
+
+def test_training_changes_only_learned_tensors(tmp_path, data):
+    run_dir = run_train(tmp_path, trainer__max_epochs=1)
+    ckpt = learned(run_dir / "checkpoints" / "last.ckpt")
+    cfg = load_config([], overrides(tmp_path / "data", tmp_path / "runs"))
+    module, _ = __import__("clipcore.registry", fromlist=["get_method"]).get_method("coop").build(cfg)
+    # The context moved away from its "a photo of a" initialisation.
+    assert not torch.allclose(ckpt["learner.ctx"], module.learner.ctx.detach())
+
+
+def test_resume_equals_uninterrupted_run(tmp_path, data):
+    full = run_train(tmp_path / "a", data__root=str(data), trainer__max_epochs=2)
+    # Interrupted after the first epoch (4 steps of 4 images), same schedule as the full run.
+    part = run_train(tmp_path / "b", data__root=str(data), trainer__max_epochs=2, trainer__max_steps=4)
+    assert torch.load(part / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1
+    resumed = run_train(tmp_path / "b", data__root=str(data), trainer__max_epochs=2,
+                        trainer__max_steps=-1, resume=str(part / "checkpoints" / "last.ckpt"))
+    assert resumed == part  # the run continues in its own folder
+    a, b = learned(full / "checkpoints" / "last.ckpt"), learned(resumed / "checkpoints" / "last.ckpt")
+    torch.testing.assert_close(a["learner.ctx"], b["learner.ctx"], rtol=0, atol=1e-6)
+    ma = json.loads((full / "eval" / "metrics.json").read_text())
+    mb = json.loads((resumed / "eval" / "metrics.json").read_text())
+    assert ma == mb
+
+
+def test_resumed_epoch_runs_at_the_scheduled_rate(tmp_path, data):
+    """Resuming with a longer schedule recomputes the rate of the restored epoch."""
+    import csv
+
+    part = run_train(tmp_path, trainer__max_epochs=1, optim__warmup_epochs=0)
+    run_train(tmp_path, trainer__max_epochs=4, resume=str(part / "checkpoints" / "last.ckpt"))
+    # The first attempt's metrics survive the resume, which logs into metrics/1/.
+    first = list(csv.DictReader(open(part / "metrics" / "0" / "metrics.csv")))
+    assert [float(r["lr-SGD"]) for r in first if r.get("lr-SGD")] == [0.05]
+    rows = list(csv.DictReader(open(part / "metrics" / "1" / "metrics.csv")))
+    lrs = [float(r["lr-SGD"]) for r in rows if r.get("lr-SGD")]
+    # The 4-epoch cosine from epoch 1 on (the optimizer's stored rate, from the end of the
+    # 1-epoch schedule, would be 0).
+    expected = [0.05 * (1 + math.cos(math.pi * e / 4)) / 2 for e in (1, 2, 3)]
+    assert lrs == pytest.approx(expected, abs=1e-7)
+
+
+def test_resume_last_finds_newest_run(tmp_path, data):
+    first = run_train(tmp_path, trainer__max_epochs=1)
+    again = run_train(tmp_path, trainer__max_epochs=2, resume="last")
+    assert again == first
+    # The resumed run trained on to epoch 2 in the same folder.
+    assert torch.load(first / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 2
+
+
+def test_resume_onto_another_backbone_is_refused(tmp_path, data):
+    run_dir = run_train(tmp_path, trainer__max_epochs=1)
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    with pytest.raises(CheckpointMismatchError, match="different student backbone"):
+        # Same architecture, other weights (another seed of the random init).
+        runner.module_from_checkpoint(ckpt, [], ["student.name=tiny-other"])
+
+
+def test_export_import_reproduces_logits(tmp_path, data):
+    run_dir = run_train(tmp_path, trainer__max_epochs=1)
+    _, trained, dm = runner.module_from_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    _, imported, _ = runner.module_from_export(run_dir / "exports" / "final")
+    dm.setup("test")
+    batch = next(iter(dm.test_dataloader()))
+    trained.eval(), imported.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(imported.learner(batch["image"]).logits, trained.learner(batch["image"]).logits)
+
+
+def test_eval_cli_on_checkpoint_writes_json_and_table(tmp_path, data):
+    run_dir = run_train(tmp_path, trainer__max_epochs=1)
+    out = tmp_path / "evalout"
+    import eval as eval_entry
+
+    assert eval_entry.main(["--ckpt", str(run_dir / "checkpoints" / "last.ckpt"), "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) == {"test/acc"}
+    assert "| test/acc |" in (out / "metrics.md").read_text()
+
+
+def test_fast_dev_run(tmp_path, data):
+    run_dir = run_train(tmp_path, trainer__fast_dev_run=True)
+    # One training batch, one test batch, and no export.
+    assert json.loads((run_dir / "eval" / "metrics.json").read_text())["test/acc"] >= 0
+    assert not (run_dir / "exports").exists()
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    assert not ckpt.exists() or torch.load(ckpt, weights_only=True)["global_step"] == 1
+
+
+def test_ddp_two_cpu_processes(tmp_path, data):
+    args = overrides(data, tmp_path / "runs", trainer__max_epochs=1)
+    env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    env.pop("CLIPCORE_RUN_DIR", None)
+    proc = subprocess.run([sys.executable, str(REPO / "train.py"), "-c", str(REPO / "configs/trainer/ddp_cpu.yaml"),
+                           *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dirs = list((tmp_path / "runs" / "test").iterdir())
+    assert len(run_dirs) == 1, "both ranks must write into one run folder"
+    assert (run_dirs[0] / "checkpoints" / "last.ckpt").is_file()
+    assert json.loads((run_dirs[0] / "eval" / "metrics.json").read_text())["test/acc"] >= 0
