@@ -1,0 +1,26 @@
+"""One import point for GCD data: splits, readers, sampler, transforms and the datamodule.
+
+The code lives in `gcd.splits` (records, remapping, labelled draw), `gcd.datasets` (registry,
+CIFAR, ImageNet-100, image-folder readers), `gcd.fgvc_datasets` (CUB, Cars, Aircraft),
+`gcd.sampling` (weighted epoch sampler) and `gcd.datamodule` (torch datasets, LightningDataModule).
+"""
+from clipcore.data import build_gcd_transform
+
+from .datamodule import (VAL_LOADER_NAMES, GCDDataModule, GCDEvalDataset, GCDTrainDataset,
+                         TwoViews)
+from .datasets import (GCDDatasetInfo, gcd_image_folder, get_gcd_dataset,
+                       imagenet_100_class_indices, list_gcd_datasets, load_gcd_splits,
+                       register_gcd_dataset)
+from .fgvc_datasets import ssb_class_split
+from .sampling import WeightedEpochSampler, gcd_sample_weights
+from .splits import (REFERENCE_SPLIT_SEED, ArrayImageSource, FileImageSource, GCDSplits,
+                     RawGCDData, make_gcd_splits, subsample_instances)
+
+__all__ = [
+    "REFERENCE_SPLIT_SEED", "VAL_LOADER_NAMES", "ArrayImageSource", "FileImageSource",
+    "GCDDataModule", "GCDDatasetInfo", "GCDEvalDataset", "GCDSplits", "GCDTrainDataset",
+    "RawGCDData", "TwoViews", "WeightedEpochSampler", "build_gcd_transform",
+    "gcd_image_folder", "gcd_sample_weights", "get_gcd_dataset", "imagenet_100_class_indices",
+    "list_gcd_datasets", "load_gcd_splits", "make_gcd_splits", "register_gcd_dataset",
+    "ssb_class_split", "subsample_instances",
+]
