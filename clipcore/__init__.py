@@ -1,0 +1,1 @@
+"""Shared CLIP machinery (backbones, data, teacher caches, assets); imports neither kdpl nor gcd."""
