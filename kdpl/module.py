@@ -50,9 +50,10 @@ class PromptLearningModule(ClipMethodModule):
         self.register_buffer("teacher_text", torch.empty(0), persistent=False)
         self.val_acc = MulticlassAccuracy(num_classes=len(classnames), average="micro")
         self.test_acc = MulticlassAccuracy(num_classes=len(classnames), average="micro")
-        gpa = config["prompt"]
-        self.aggregator = (PromptAggregator(config["trainer"]["max_epochs"], gpa["gpa_mean"], gpa["gpa_std"])
-                           if gpa.get("gpa_mean") is not None else None)
+        # The learner's config has its defaults filled in (PromptSRC: GPA 15/1 unless set).
+        gpa = self.learner.cfg
+        self.aggregator = (PromptAggregator(config["trainer"]["max_epochs"], gpa.gpa_mean, gpa.gpa_std)
+                           if gpa.gpa_mean is not None else None)
 
     # -- set-up -------------------------------------------------------------------------------
     def backbones(self):
@@ -169,6 +170,11 @@ class PromptLearningModule(ClipMethodModule):
         super().on_save_checkpoint(checkpoint)
         if self.aggregator is not None:
             checkpoint["gpa"] = self.aggregator.state_dict()
+            if self.aggregator.complete:
+                # The last epoch's checkpoint holds the model that is evaluated and exported (the
+                # aggregate), so evaluating last.ckpt on other classes scores the same prompts.
+                aggregate = self.aggregator.aggregate(like=self.learner.learned_state())
+                checkpoint["state_dict"].update({f"learner.{k}": v for k, v in aggregate.items()})
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)

@@ -1,0 +1,192 @@
+"""Every prompt learner x every objective through the real entry points, on the tiny CLIPs.
+
+Each cell composes the shipped ``configs/method`` and ``configs/objective`` files with test
+overrides, trains two steps, resumes from ``last.ckpt`` for the second epoch, and checks that the
+export reproduces the checkpoint's logits. Separate tests check the KDPL-specific promises:
+labels are never read, KDPL-CA trains on the dictionary but evaluates on the dataset's classes,
+eval-only runs never load the teacher, and teacher text features are cached on disk.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from clipcore import runner
+from clipcore.cli import register_methods
+from clipcore.config import CONFIG_DIR, load_config
+from clipcore.data.datamodule import ClassificationDataModule
+from training_helpers import CLASSES, overrides, tiny_dataset
+
+register_methods()
+
+from kdpl import methods as kdpl_methods  # noqa: E402
+from kdpl.module import PromptLearningModule  # noqa: E402
+
+LEARNERS = ("coop", "cocoop", "vpt", "maple", "promptsrc")
+OBJECTIVES = ("supervised", "kdpl", "kdpl_ca")
+# Small enough for the 2-block tiny model.
+PROMPT = {
+    "coop": {},
+    "cocoop": {},
+    "vpt": {"prompt.depth": 2, "prompt.vision_ctx": 2},
+    "maple": {"prompt.depth": 2, "prompt.n_ctx": 2},
+    # GPA centred on epoch 1 of 2, so the aggregate differs clearly from the last epoch.
+    "promptsrc": {"prompt.depth": 2, "prompt.vision_ctx": 2, "prompt.n_ctx": 4, "prompt.gpa_mean": 1.0},
+}
+DICTIONARY = ["apple", "tree", "house", "car", "boat", "river", "mountain", "chair", "lamp", "guitar",
+              "violin", "pizza", "bread", "castle", "bridge", "tiger", "zebra", "owl", "shark", "rose",
+              "tulip", "cactus", "rocket", "train", "bicycle", "helmet", "kettle", "clock", "piano", "drum"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return tiny_dataset(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def dictionary(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("dict") / "dictionary.csv"
+    path.write_text("ClassName\n" + "\n".join(DICTIONARY) + "\n")
+    return path
+
+
+def make_config(tmp_path, data, dictionary, learner="coop", objective="supervised", **extra):
+    files = [CONFIG_DIR / "method" / f"{learner}.yaml", CONFIG_DIR / "objective" / f"{objective}.yaml"]
+    settings = {"trainer__max_epochs": 2, "trainer__limit_train_batches": 2, "kdpl__k_max": 5,
+                "teacher__pretrained": "null",  # the objective files name the real DFN weights
+                "kdpl__dictionary": str(dictionary), "kdpl__text_cache_dir": str(tmp_path / "cache"),
+                "prompt__text_chunk_size": 64, **{k.replace(".", "__"): v for k, v in PROMPT[learner].items()}}
+    settings.update(extra)
+    return load_config(files, overrides(data, tmp_path / "runs", **settings))
+
+
+def last_ckpt(run_dir: Path) -> dict:
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+
+
+@pytest.mark.parametrize("objective", OBJECTIVES)
+@pytest.mark.parametrize("learner", LEARNERS)
+def test_train_resume_export(tmp_path, data, dictionary, learner, objective):
+    # Stopped after the first epoch (2 steps), as a pre-empted job would be.
+    part = runner.train(make_config(tmp_path, data, dictionary, learner, objective, trainer__max_steps=2))
+    assert last_ckpt(part)["epoch"] == 1
+    resumed = runner.train(make_config(tmp_path, data, dictionary, learner, objective,
+                                       resume=str(part / "checkpoints" / "last.ckpt")))
+    assert resumed == part
+    ckpt = last_ckpt(part)
+    assert ckpt["global_step"] == 4 and ckpt["epoch"] == 2
+    assert ckpt["state_dict"] and all(k.startswith("learner.") for k in ckpt["state_dict"])
+    assert 0.0 <= json.loads((part / "eval" / "metrics.json").read_text())["test/acc"] <= 1.0
+
+    _, trained, dm = runner.module_from_checkpoint(part / "checkpoints" / "last.ckpt")
+    # The first attempt exported its 2-step model too; the resumed run wrote `final-2`.
+    assert sorted(p.name for p in (part / "exports").iterdir()) == ["final", "final-2"]
+    _, imported, _ = runner.module_from_export(part / "exports" / "final-2")
+    assert trained.teacher is None and imported.teacher is None
+    dm.setup("test")
+    batch = next(iter(dm.test_dataloader()))
+    trained.eval(), imported.eval()
+    with torch.no_grad():
+        expected = trained.learner(batch["image"]).logits
+        torch.testing.assert_close(imported.learner(batch["image"]).logits, expected)
+    assert expected.shape == (len(batch["image"]), len(CLASSES))
+
+
+class _NoLabels(Dataset):
+    """The training items with every label replaced by -1."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        return {**self.dataset[i], "label": -1}
+
+
+def _hide_labels(monkeypatch):
+    original = ClassificationDataModule.train_dataloader
+
+    def without_labels(self):
+        loader = original(self)
+        return DataLoader(_NoLabels(loader.dataset), batch_size=loader.batch_size, sampler=loader.sampler,
+                          num_workers=0, drop_last=loader.drop_last)
+
+    monkeypatch.setattr(ClassificationDataModule, "train_dataloader", without_labels)
+
+
+@pytest.mark.parametrize("objective", ["kdpl", "kdpl_ca"])
+def test_kdpl_never_reads_labels(tmp_path, data, dictionary, monkeypatch, objective):
+    quick = {"trainer__max_epochs": 1}
+    with_labels = runner.train(make_config(tmp_path / "a", data, dictionary, "coop", objective, **quick))
+    _hide_labels(monkeypatch)
+    without = runner.train(make_config(tmp_path / "b", data, dictionary, "coop", objective, **quick))
+    a, b = last_ckpt(with_labels)["state_dict"], last_ckpt(without)["state_dict"]
+    torch.testing.assert_close(a["learner.ctx"], b["learner.ctx"], rtol=0, atol=0)
+    # The patch does hide the labels: cross-entropy cannot train on them.
+    with pytest.raises(Exception, match="out of bounds|Target -1"):
+        runner.train(make_config(tmp_path / "c", data, dictionary, "coop", "supervised", **quick))
+
+
+def test_kdpl_ca_trains_on_dictionary_and_evaluates_on_dataset(tmp_path, data, dictionary, monkeypatch):
+    seen = {"train": set(), "selected": set(), "eval": set()}
+    train_step, eval_step = PromptLearningModule.training_step, PromptLearningModule._eval_step
+    select = PromptLearningModule._select
+
+    def record_train(self, batch, batch_idx):
+        seen["train"].add(tuple(self.learner.classnames))
+        return train_step(self, batch, batch_idx)
+
+    def record_select(self, teacher_logits):
+        assert teacher_logits.shape[1] == len(DICTIONARY)
+        chosen = select(self, teacher_logits)
+        seen["selected"].add(chosen.numel())
+        return chosen
+
+    def record_eval(self, batch, metric, stage):
+        seen["eval"].add(tuple(self.learner.classnames))
+        return eval_step(self, batch, metric, stage)
+
+    monkeypatch.setattr(PromptLearningModule, "training_step", record_train)
+    monkeypatch.setattr(PromptLearningModule, "_select", record_select)
+    monkeypatch.setattr(PromptLearningModule, "_eval_step", record_eval)
+    run_dir = runner.train(make_config(tmp_path, data, dictionary, "coop", "kdpl_ca", trainer__max_epochs=1))
+    assert seen["train"] == {tuple(DICTIONARY)}
+    assert seen["selected"] == {5}
+    assert seen["eval"] == {tuple(CLASSES)}
+    rows = list(csv.DictReader(open(run_dir / "metrics" / "0" / "metrics.csv")))
+    assert {float(r["train/selected_classes"]) for r in rows if r.get("train/selected_classes")} == {5.0}
+
+
+def test_teacher_loaded_for_training_only_and_text_features_cached(tmp_path, data, dictionary, monkeypatch):
+    import clipcore.teacher
+
+    loads, encodes = [], []
+    build, encode = kdpl_methods.backbone_from_config, clipcore.teacher.encode_prompts
+    monkeypatch.setattr(kdpl_methods, "backbone_from_config", lambda s: loads.append(s.name) or build(s))
+    monkeypatch.setattr(clipcore.teacher, "encode_prompts", lambda b, p, *a: encodes.append(len(p)) or encode(b, p, *a))
+    cfg = make_config(tmp_path, data, dictionary, "coop", "kdpl", trainer__max_epochs=1)
+    first = runner.train(cfg)
+    assert loads == ["tiny", "tiny-teacher"] and encodes == [len(CLASSES)]
+    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 1
+
+    # Evaluation of the KDPL checkpoint, on the novel classes too: the student only.
+    loads.clear()
+    eval_cfg, module, dm = runner.module_from_checkpoint(first / "checkpoints" / "last.ckpt", [],
+                                                         ["data.subsample_classes=new"])
+    metrics = runner.evaluate(eval_cfg, module, dm, tmp_path / "eval")
+    assert 0.0 <= metrics["test/acc"] <= 1.0
+    assert loads == ["tiny"] and module.teacher is None
+
+    # A second training run with the same teacher and prompts reads the features from disk.
+    loads.clear()
+    second = runner.train(make_config(tmp_path, data, dictionary, "coop", "kdpl", trainer__max_epochs=1,
+                                      experiment="again"))
+    assert second != first and loads == ["tiny", "tiny-teacher"]
+    assert encodes == [len(CLASSES)], "the cached teacher text features must be reused"
