@@ -52,6 +52,8 @@ class DataConfig:
     image_size: Optional[int] = None
     # clip | imagenet: normalisation statistics.
     normalization: str = "clip"
+    # Smallest crop of the random-resized-crop augmentation (Dassl: 0.08).
+    min_crop_scale: float = 0.08
     # Generalized category discovery only.
     prop_train_labels: float = 0.5
     split_follows_seed: bool = False

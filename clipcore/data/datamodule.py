@@ -39,6 +39,7 @@ class ClassificationDataModule(L.LightningDataModule):
         mean: Sequence[float] | str | None = None,
         std: Sequence[float] | None = None,
         transform_kind: str = "clip",
+        min_crop_scale: float = 0.08,
         train_transform: Callable | None = None,
         eval_transform: Callable | None = None,
         seed: int = 0,
@@ -55,7 +56,7 @@ class ClassificationDataModule(L.LightningDataModule):
         self.drop_last = drop_last
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.train_transform = train_transform or build_transform(
-            True, image_size, mean, std, kind=transform_kind)
+            True, image_size, mean, std, kind=transform_kind, min_crop_scale=min_crop_scale)
         self.eval_transform = eval_transform or build_transform(
             False, image_size, mean, std, kind=transform_kind)
 

@@ -5,11 +5,9 @@ import dataclasses
 from pathlib import Path
 
 from .datamodule import ClassificationDataModule
-from .fewshot import sample_few_shot, subsample_classes
+from .fewshot import SUBSETS, sample_few_shot, subsample_classes
 from .records import DatasetSplits
 from .registry import DatasetInfo, get_dataset
-
-SUBSETS = ("all", "base", "new")
 
 
 def read_splits(data_cfg, seed: int, info: DatasetInfo | None = None) -> DatasetSplits:
@@ -36,5 +34,6 @@ def classification_datamodule(cfg, image_size: int) -> ClassificationDataModule:
         num_workers=data.num_workers,
         image_size=data.image_size or image_size,
         mean=data.normalization,
+        min_crop_scale=data.min_crop_scale,
         seed=cfg.seed,
     )

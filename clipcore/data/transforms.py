@@ -37,11 +37,15 @@ def resolve_normalization(mean: Stats = "clip", std: Sequence[float] | None = No
     return mean, std
 
 
-def build_train_transform(image_size: int = 224, mean: Stats = "clip", std=None) -> T.Compose:
-    """Dassl/CoOp train transform: RandomResizedCrop(scale 0.08-1, bicubic), flip, normalise."""
+def build_train_transform(image_size: int = 224, mean: Stats = "clip", std=None,
+                          min_crop_scale: float = 0.08) -> T.Compose:
+    """Dassl/CoOp train transform: RandomResizedCrop(scale min_crop_scale-1, bicubic), flip, normalise.
+
+    Dassl's 0.08 is the default; tiny images (the synthetic demo world) need a milder crop.
+    """
     mean, std = resolve_normalization(mean, std)
     return T.Compose([
-        T.RandomResizedCrop(image_size, scale=(0.08, 1.0), interpolation=InterpolationMode.BICUBIC),
+        T.RandomResizedCrop(image_size, scale=(min_crop_scale, 1.0), interpolation=InterpolationMode.BICUBIC),
         T.RandomHorizontalFlip(),
         T.ToTensor(),
         T.Normalize(mean, std),
@@ -76,12 +80,13 @@ def build_gcd_transform(train: bool, image_size: int = 224, mean: Stats = "image
 
 
 def build_transform(train: bool, image_size: int = 224, mean: Stats = None, std=None,
-                    kind: str = "clip") -> T.Compose:
+                    kind: str = "clip", min_crop_scale: float = 0.08) -> T.Compose:
     """Dispatch on `kind` ('clip': Dassl/CoOp, 'gcd': SimGCD). Default normalisation follows the
     kind (CLIP stats for 'clip', ImageNet stats for 'gcd')."""
     if kind == "clip":
-        builder = build_train_transform if train else build_eval_transform
-        return builder(image_size, mean if mean is not None else "clip", std)
+        if train:
+            return build_train_transform(image_size, mean if mean is not None else "clip", std, min_crop_scale)
+        return build_eval_transform(image_size, mean if mean is not None else "clip", std)
     if kind == "gcd":
         return build_gcd_transform(train, image_size, mean if mean is not None else "imagenet", std)
     raise ValueError(f"unknown transform kind {kind!r}; expected 'clip' or 'gcd'")

@@ -1,0 +1,134 @@
+"""Registry and cache of the small CLIPs pretrained on ShapeWorld.
+
+``resolve_synthetic("synthetic-teacher")`` returns the path of an open_clip ``local-dir:`` bundle,
+pretraining it first when the cache lacks it. Bundles live in
+``<cache_root>/synthetic/<name>-<key>`` where ``cache_root`` is ``$CLIPCORE_CACHE_DIR``, else
+``$XDG_CACHE_HOME/clipcore``, else ``~/.cache/clipcore``, and ``key`` hashes the pretraining
+settings and the world (a settings change builds a new bundle, never reuses a stale one).
+Concurrent callers serialise on a file lock; the bundle appears by atomic rename, so a reader
+never sees half of one.
+
+Measured (torch 2.x, one thread, 2-core AMD EPYC VM; zero-shot top-1 on 960 test images, template
+"a photo of a {}.", chance 2.1%; each bundle's metrics.json records its own numbers):
+
+    synthetic-teacher        63.0%   126 s CPU   (234 s wall on the shared, loaded machine)
+    synthetic-student        24.9%    28 s CPU   ( 70 s wall)
+    synthetic-teacher-test   16.9%   ~25 s CPU for both test models (35-70 s wall)
+    synthetic-student-test    8.8%
+
+The student scores mostly through colour (colour alone gives 1/6 = 16.7%); the teacher also
+recognises most shapes (a supervised probe of the same ViTs showed shape is the slow part).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from clipcore.synthetic.pretrain import (CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE,
+                                         PretrainSettings, pretrain_clip, write_bundle)
+from clipcore.teacher import cache_root
+
+log = logging.getLogger(__name__)
+
+
+def _cfg(embed: int, width: int, layers: int, text_width: int, text_layers: int,
+         text_heads: int) -> dict:
+    # The real 49408-token vocabulary and 77-token context keep open_clip's tokenizer and every
+    # prompt learner working unchanged; only ~60 rows are ever trained.
+    return {"embed_dim": embed, "quick_gelu": True,
+            "vision_cfg": {"image_size": 32, "patch_size": 8, "width": width, "head_width": 32,
+                           "layers": layers},
+            "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": text_width,
+                         "heads": text_heads, "layers": text_layers}}
+
+
+# The student never sees the zero-shot template "a photo of a {}." (caption template 0) and
+# trains for fewer steps: weaker zero-shot, with room for prompt learning and distillation.
+_STUDENT_TEMPLATES = (1, 2, 3, 4, 5, 6, 7, 8, 9)
+_STUDENT_CFG = _cfg(64, 64, 2, 64, 2, 2)
+# Wider and deeper vision (shape recognition is the slow part to learn); captions are templated,
+# so a small text tower suffices.
+_TEACHER_CFG = _cfg(96, 96, 3, 64, 2, 2)
+
+SYNTHETIC_MODELS: dict[str, PretrainSettings] = {
+    "synthetic-student": PretrainSettings(
+        model_cfg=_STUDENT_CFG, steps=200, batch_size=128, lr=2e-3, warmup_steps=20,
+        images_per_class=100, caption_templates=_STUDENT_TEMPLATES),
+    "synthetic-teacher": PretrainSettings(
+        model_cfg=_TEACHER_CFG, steps=700, batch_size=128, lr=2e-3, warmup_steps=50,
+        images_per_class=150),
+    # Quick profile for tests (~1 min for both on 2 busy cores): smaller, far fewer steps.
+    "synthetic-student-test": PretrainSettings(
+        model_cfg=_cfg(32, 32, 1, 32, 1, 1), steps=80, batch_size=64, lr=3e-3, warmup_steps=5,
+        images_per_class=10, caption_templates=_STUDENT_TEMPLATES, eval_per_class=10),
+    "synthetic-teacher-test": PretrainSettings(
+        model_cfg=_cfg(64, 64, 2, 32, 1, 1), steps=300, batch_size=64, lr=3e-3, warmup_steps=10,
+        images_per_class=40, eval_per_class=10),
+}
+
+
+def synthetic_cache_dir() -> Path:
+    return cache_root() / "synthetic"
+
+
+def bundle_path(name: str) -> Path:
+    """Where ``name``'s bundle lives (whether or not it was built yet)."""
+    return synthetic_cache_dir() / f"{name}-{_settings(name).cache_key()}"
+
+
+def _settings(name: str) -> PretrainSettings:
+    if name not in SYNTHETIC_MODELS:
+        raise ValueError(f"unknown synthetic model {name!r}; known: {sorted(SYNTHETIC_MODELS)}")
+    return SYNTHETIC_MODELS[name]
+
+
+def is_complete(path: Path) -> bool:
+    return all((path / f).is_file() for f in (CONFIG_FILE, WEIGHTS_FILE, METRICS_FILE))
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path):
+    """Hold an exclusive advisory lock on ``lock_path`` (no-op where fcntl is unavailable)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: fall back on the atomic rename alone
+        yield
+        return
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def build_bundle(settings: PretrainSettings, target: Path, *, progress: bool = False) -> Path:
+    """Pretrain and write a bundle at ``target`` via a temporary sibling + atomic rename."""
+    model, metrics = pretrain_clip(settings, progress=progress)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        write_bundle(model, settings, metrics, staging / "bundle")
+        os.replace(staging / "bundle", target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def resolve_synthetic(name: str, *, progress: bool = False) -> Path:
+    """Path of ``name``'s local-dir bundle, pretraining it first if the cache lacks it."""
+    target = bundle_path(name)
+    if is_complete(target):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _exclusive(target.with_name(target.name + ".lock")):
+        if is_complete(target):  # built by another process while we waited for the lock
+            return target
+        if target.exists():  # leftover of an interrupted, non-atomic copy: rebuild it
+            shutil.rmtree(target)
+        log.info("pretraining %s into %s (first use; cached afterwards)", name, target)
+        build_bundle(_settings(name), target, progress=progress)
+    return target
