@@ -61,14 +61,14 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = "sgd"
+    """SGD with momentum and a per-epoch schedule: the optimiser of both references."""
+
     lr: float = 0.002
     momentum: float = 0.9
     weight_decay: float = 5e-4
     # Dassl-style constant warm-up epochs at warmup_lr, then per-epoch cosine.
     warmup_epochs: int = 1
     warmup_lr: float = 1e-5
-    scheduler: str = "cosine"
     # Cosine floor as a fraction of the base lr.
     eta_min_ratio: float = 0.0
 
