@@ -270,6 +270,8 @@ def gcd_image_folder(root: str | os.PathLike, known_classes: Sequence | None = N
                if unknown_classes is not None else
                [i for i in range(len(folders)) if i not in set(known)])
     names = spec.get("classnames", {})
+    if isinstance(names, list):  # a list aligned with "classes" (clipcore.synthetic writes this)
+        names = dict(zip(spec.get("classes", folders), names))
     classnames = [str(names.get(f, display_name(f))) for f in folders]
     test_folders = list_class_folders(test_dir)
     stray = sorted(set(test_folders) - set(folders))

@@ -1,0 +1,97 @@
+"""Registers ``method: spectralgcd`` and ``method: simgcd``, and the helpers the GCD commands share
+(datamodule and concept list from a config)."""
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+
+import torch
+
+from clipcore.assets import ASSETS, asset_path, merge_concepts, read_dictionary_csv
+from clipcore.build import backbone_from_config
+from clipcore.config import to_plain
+from clipcore.registry import register_method
+from gcd.config import concept_prompts, memax_weight, prompt_template
+from gcd.data import GCDDataModule
+from gcd.module import GCDModule
+from gcd.teacher_cache import teacher_representations
+
+
+def gcd_datamodule(cfg, image_size: int) -> GCDDataModule:
+    d = cfg.data
+    return GCDDataModule.from_name(
+        d.name, d.root, prop_train_labels=d.prop_train_labels, seed=cfg.seed,
+        split_follows_seed=d.split_follows_seed, image_size=image_size, batch_size=d.batch_size,
+        eval_batch_size=d.eval_batch_size, num_workers=d.num_workers, normalization=d.normalization,
+        pin_memory=torch.cuda.is_available(), persistent_workers=d.num_workers > 0)
+
+
+def read_concepts(name_or_path: str) -> list[str]:
+    """A ``ClassName`` CSV from a path, else from the asset store (e.g. the Tags dictionary)."""
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return read_dictionary_csv(path)
+    if name_or_path in ASSETS:
+        return read_dictionary_csv(asset_path(name_or_path))
+    raise FileNotFoundError(f"concept CSV {path} not found (gcd.concepts_csv / gcd.dictionary): "
+                            f"write it with `python -m gcd.filter`, or name a dictionary asset "
+                            f"({', '.join(n for n in ASSETS if n.endswith('.csv'))})")
+
+
+def training_concepts(section, old_classnames: list[str]) -> list[str]:
+    """The filtered list (or the whole dictionary), de-duplicated case-insensitively, with the
+    known class names appended when missing (spec §2: always in the training dictionary)."""
+    source = section.concepts_csv or section.dictionary
+    return merge_concepts(read_concepts(source), old_classnames)
+
+
+def device_for_teacher(cfg) -> torch.device:
+    wants_gpu = cfg.trainer.accelerator in ("gpu", "cuda", "auto")
+    return torch.device("cuda") if wants_gpu and torch.cuda.is_available() else torch.device("cpu")
+
+
+def teacher_representation_loader(cfg, datamodule: GCDDataModule, prompts: list[str]):
+    """A function that loads the teacher, returns the cached representations, and frees it."""
+
+    def load() -> torch.Tensor:
+        teacher = backbone_from_config(cfg.teacher).freeze()
+        # The teacher sees the test transform at its own input size.
+        teacher_dm = GCDDataModule(datamodule.splits, image_size=teacher.image_size,
+                                   eval_batch_size=cfg.data.eval_batch_size,
+                                   num_workers=cfg.data.num_workers, normalization=cfg.data.normalization,
+                                   pin_memory=torch.cuda.is_available())
+        try:
+            return teacher_representations(
+                teacher, prompts, teacher_dm.train_eval_dataloader(), datamodule.splits.train,
+                tau=cfg.gcd.tau, dataset=cfg.data.name, image_source=datamodule.splits.image_source,
+                cache_dir=cfg.gcd.teacher_cache_dir, dtype=cfg.gcd.teacher_cache_dtype,
+                device=device_for_teacher(cfg))
+        finally:
+            del teacher
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+    return load
+
+
+def build_gcd(cfg):
+    if cfg.gcd.trainable_blocks < 0:
+        raise ValueError(f"gcd.trainable_blocks={cfg.gcd.trainable_blocks}: expected >= 0")
+    student = backbone_from_config(cfg.student)
+    datamodule = gcd_datamodule(cfg, cfg.data.image_size or student.image_size)
+    kwargs = {}
+    if cfg.method == "spectralgcd":
+        concepts = training_concepts(cfg.gcd, datamodule.splits.old_classnames)
+        prompts = concept_prompts(prompt_template(cfg.gcd, cfg.data.name), concepts)
+        kwargs = {"concepts": concepts, "prompts": prompts}
+        if cfg.gcd.distill:
+            kwargs["teacher_representations"] = teacher_representation_loader(cfg, datamodule, prompts)
+    module = GCDModule(to_plain(cfg), student, classnames=datamodule.classnames, n_old=datamodule.n_old,
+                       memax_weight=memax_weight(cfg.gcd, cfg.data.name), **kwargs)
+    return module, datamodule
+
+
+register_method("spectralgcd", GCDModule,
+                "SpectralGCD: CLIP student on filtered-concept similarities, distilled from a teacher")(build_gcd)
+register_method("simgcd", GCDModule, "SimGCD objective on a CLIP student's image features")(build_gcd)
