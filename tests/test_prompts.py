@@ -380,3 +380,16 @@ def test_prompt_aggregator_weighted_mean_and_resume():
         other.update(e, _epoch_state(e))
     assert not torch.allclose(other.aggregate()["ctx"], out["ctx"])
     assert math.isclose(float(w.sum()), 1.0)
+
+
+@pytest.mark.parametrize("name", ["coop", "cocoop", "maple", "promptsrc"])
+def test_untruncated_text_tower_gives_the_same_logits(tiny, images, name):
+    """`truncate_text=False` (the reference's full-context text tower, used by the benchmark)
+    runs every token yet pools the same features: the causal mask hides what truncation drops."""
+    learner = perturb(build(name, tiny))
+    idx = torch.tensor([3, 0, 4])
+    cut = learner(images, class_indices=idx).logits
+    learner.truncate_text = False
+    full = learner(images, class_indices=idx).logits
+    assert learner._selected_tokens(idx)[0].shape[1] == tiny.context_length
+    torch.testing.assert_close(full, cut, rtol=1e-4, atol=1e-4)

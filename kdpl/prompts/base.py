@@ -90,6 +90,9 @@ class PromptLearner(nn.Module):
 
     name: ClassVar[str] = ""
     defaults: ClassVar[dict[str, Any]] = {}
+    # Cut prompts after the selected classes' longest EOT (exact under the causal mask). False
+    # runs all `context_length` tokens, as the reference does (benchmarks/bench_kdpl.py).
+    truncate_text: bool = True
 
     def __init__(self, backbone, classnames: list[str], cfg: PromptConfig | Mapping | None = None):
         super().__init__()
@@ -152,7 +155,7 @@ class PromptLearner(nn.Module):
         if class_indices is not None:
             class_indices = class_indices.to(tokens.device)
             tokens, eot = tokens[class_indices], eot[class_indices]
-        return tokens[:, : int(eot.max()) + 1], eot
+        return (tokens[:, : int(eot.max()) + 1] if self.truncate_text else tokens), eot
 
     def _assemble(self, ctx: Tensor, class_indices: Optional[Tensor]) -> tuple[Tensor, Tensor]:
         """Prompt embeddings `[*lead, C_sel, L, W]` and EOT positions `[C_sel]` of the selected
@@ -207,11 +210,11 @@ class PromptLearner(nn.Module):
     # ----- encoders -----
     def _encode_text_chunks(self, embeddings: Tensor, eot: Tensor, hook: Optional[Hook] = None) -> Tensor:
         """Unnormalised text features of many prompts, `text_chunk_size` prompts per call."""
-        size = max(1, self.cfg.text_chunk_size)
+        size, truncate = max(1, self.cfg.text_chunk_size), self.truncate_text
         if embeddings.shape[0] <= size:
-            return self.backbone.encode_text_embeddings(embeddings, eot, hook=hook, truncate=True)
+            return self.backbone.encode_text_embeddings(embeddings, eot, hook=hook, truncate=truncate)
         return torch.cat([
-            self.backbone.encode_text_embeddings(e, i, hook=hook, truncate=True)
+            self.backbone.encode_text_embeddings(e, i, hook=hook, truncate=truncate)
             for e, i in zip(embeddings.split(size), eot.split(size))
         ])
 
