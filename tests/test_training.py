@@ -150,3 +150,13 @@ def test_ddp_two_cpu_processes(tmp_path, data):
     assert len(run_dirs) == 1, "both ranks must write into one run folder"
     assert (run_dirs[0] / "checkpoints" / "last.ckpt").is_file()
     assert json.loads((run_dirs[0] / "eval" / "metrics.json").read_text())["test/acc"] >= 0
+
+
+def test_best_checkpoint_by_monitored_metric(tmp_path, data):
+    run_dir = run_train(tmp_path, checkpoint__monitor="val/acc", checkpoint__mode="max")
+    best = list((run_dir / "checkpoints").glob("best-*.ckpt"))
+    assert len(best) == 1 and (run_dir / "checkpoints" / "last.ckpt").is_file()
+    stored = torch.load(best[0], weights_only=True)
+    assert set(stored["state_dict"]) == {"learner.ctx"}
+    callback = next(v for k, v in stored["callbacks"].items() if k.startswith("ModelCheckpoint"))
+    assert callback["monitor"] == "val/acc"
