@@ -5,7 +5,8 @@ import time
 import pytest
 import torch
 
-from clipcore.backbone import BackboneLoadError, ClipBackbone, load_backbone, save_local_dir
+from clipcore.backbone import BackboneLoadError, ClipBackbone, load_backbone
+from clipcore.bundle import save_local_dir
 
 ATOL = 1e-5
 

@@ -224,7 +224,7 @@ def _encode_text(model: open_clip.CLIP, embeddings: torch.Tensor, tokens: torch.
 def write_bundle(model: torch.nn.Module, settings: PretrainSettings, metrics: dict,
                  path: Path) -> Path:
     """Write an open_clip ``local-dir:`` bundle (config + safetensors weights) plus metrics.json."""
-    from clipcore.backbone import save_local_dir  # lazy: backbone imports this package lazily too
+    from clipcore.bundle import save_local_dir  # lazy: backbone imports this package lazily too
 
     open_clip.set_model_preprocess_cfg(model, {
         "size": settings.image_size, "mode": "RGB", "mean": IMAGE_MEAN, "std": IMAGE_STD,
