@@ -22,7 +22,7 @@ def prepare_environment() -> None:
 
 def register_methods() -> None:
     """Importing the method packages registers their methods, datasets and config sections."""
-    for package in ("clipcore.zeroshot", "kdpl", "gcd"):
+    for package in ("clipcore.zeroshot", "clipcore.synthetic.dataset", "kdpl", "gcd"):
         importlib.import_module(package)
 
 

@@ -58,3 +58,14 @@ def shared_assets() -> Path:
     if not SHARED_ASSETS.is_dir():
         pytest.skip(f"shared assets not found at {SHARED_ASSETS}")
     return SHARED_ASSETS
+
+
+@pytest.fixture(scope="session", autouse=True)
+def synthetic_cache(tmp_path_factory):
+    """One clipcore cache ($CLIPCORE_CACHE_DIR) for the whole session: the test-profile synthetic
+    CLIPs are pretrained at most once, and no test reads or writes the user's ~/.cache."""
+    root = tmp_path_factory.mktemp("clipcore-cache")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("CLIPCORE_CACHE_DIR", str(root))
+    yield root
+    mp.undo()

@@ -14,16 +14,6 @@ from clipcore.synthetic.world import COLOURS, SHAPES
 
 
 @pytest.fixture(scope="session")
-def synthetic_cache(tmp_path_factory):
-    """One cache for the session, so the test-profile CLIPs are pretrained at most once."""
-    root = tmp_path_factory.mktemp("clipcore-cache")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("CLIPCORE_CACHE_DIR", str(root))
-    yield root
-    mp.undo()
-
-
-@pytest.fixture(scope="session")
 def test_bundles(synthetic_cache):
     return {role: models.resolve_synthetic(f"synthetic-{role}-test")
             for role in ("teacher", "student")}
