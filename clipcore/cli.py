@@ -31,3 +31,16 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
                         help="config file; repeat to merge several in order")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="config overrides, e.g. trainer.max_epochs=5 data.root=/data")
+
+
+def config_from_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace):
+    """Prepare the environment, register the methods and load ``-c`` files + overrides; a bad
+    config ends the program with status 2 and the message naming the key and source."""
+    prepare_environment()
+    register_methods()
+    from clipcore.config import ConfigError, load_config
+
+    try:
+        return load_config(args.config, args.overrides)
+    except ConfigError as exc:
+        parser.exit(2, f"error: {exc}\n")

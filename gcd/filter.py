@@ -93,20 +93,13 @@ def run_filter(cfg, out_dir: str | Path | None = None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from clipcore.cli import add_config_arguments, prepare_environment, register_methods
+    from clipcore.cli import add_config_arguments, config_from_arguments
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(parser)
     parser.add_argument("--out", type=Path, help="folder for <dataset>_concepts.csv, spectrum.png, filter.json")
     args = parser.parse_args(argv)
-    prepare_environment()
-    register_methods()
-    from clipcore.config import ConfigError, load_config
-
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as exc:
-        parser.exit(2, f"error: {exc}\n")
+    cfg = config_from_arguments(parser, args)
     with torch.no_grad():
         path = run_filter(cfg, args.out)
     print(f"concepts written to {path}")
