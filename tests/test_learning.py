@@ -2,9 +2,13 @@
 
 One run of ``demo.py --quick`` (module fixture; it is also the demo's smoke test) trains every
 method on ShapeWorld; the tests read its results and checkpoints. The quick profile uses the
-test-profile models (``synthetic-student-test``: 9% zero-shot top-1 on 48 classes,
-``synthetic-teacher-test``: 17%), 8 shots x 24 base classes and a few epochs: smaller than the
-full demo so that the whole file stays near two minutes on two CPU cores.
+test-profile models (``synthetic-student-test``: 7% zero-shot top-1 on 48 classes, pretrained
+under a colour cast so that its zero-shot prompts misname colours its image features separate;
+``synthetic-teacher-test``: 19%, every colour right), 8 shots x 24 base classes, 20 epochs: smaller
+than the full demo so that the whole file stays near two minutes on two CPU cores.
+
+Measured on this profile (2-core CPU, torch 2.14): base top-1 zero-shot 10.8%, CoOp 16.7%;
+teacher-student KL on the base test images 1.66 -> 0.32 after KDPL, argmax agreement 2.1% -> 7.1%.
 """
 from __future__ import annotations
 
@@ -19,13 +23,6 @@ import demo
 from clipcore.synthetic import ATTRIBUTE_WORDS, DISTRACTOR_WORDS, ShapeWorld
 
 PROFILE = demo.PROFILES["quick"]
-# The synthetic students' image features carry almost no shape information beyond what their
-# zero-shot prompt already uses (a 16-shot linear probe on synthetic-student's base-class features:
-# 26.9% vs 25.8% zero-shot; synthetic-student-test: 14.6% vs 12.7%; the test teacher, seen with
-# the student's logit scale, is uniform over the 6 shapes of a colour). A text-side prompt then
-# has nothing to learn. Strict: these start failing (XPASS) once the models leave room for it.
-NO_ROOM_FOR_PROMPTS = pytest.mark.xfail(
-    strict=True, reason="synthetic student models leave no room for text prompts (see comment above)")
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +65,6 @@ def test_a_second_demo_run_reuses_every_run(quick_demo, monkeypatch):
     assert again["table"] == result["table"]
 
 
-@NO_ROOM_FOR_PROMPTS
 def test_supervised_coop_raises_base_accuracy_over_zero_shot(quick_demo):
     result, _ = quick_demo
     zero_shot = row(result, "Zero-shot student")["Base"]
@@ -108,7 +104,6 @@ def agreement(student_logits, teacher_logits) -> float:
     return float((student_logits.argmax(-1) == teacher_logits.argmax(-1)).float().mean())
 
 
-@NO_ROOM_FOR_PROMPTS
 def test_kdpl_moves_the_student_toward_the_teacher_on_held_out_images(quick_demo):
     _, out = quick_demo
     before, after, teacher = _test_logits(out, "coop+kdpl")

@@ -47,6 +47,11 @@ class PretrainSettings:
     # Indices into the world's caption templates used for training; None = all of them. A model
     # that never saw "a photo of a {}." pairs is weaker zero-shot and leaves room for prompts.
     caption_templates: tuple[int, ...] | None = None
+    # Per-channel RGB gains applied to the pretraining images only (None = the world's own
+    # colours). A cast gives the model a pretraining domain unlike the world it is evaluated on,
+    # as web photos are unlike a downstream dataset: its zero-shot prompts misname colours that
+    # its image features still separate, which is the room prompt learning and distillation fill.
+    colour_cast: tuple[float, float, float] | None = None
     world_seed: int = 0
     train_seed: int = 0
     eval_per_class: int = 20
@@ -72,6 +77,14 @@ def _tokenize_captions(world: ShapeWorld, labels: np.ndarray, seeds: list[int],
         table.append([vocab.setdefault(c, len(vocab)) for c in caps])
     tokens = open_clip.tokenize(list(vocab), context_length=context_length)
     return tokens, torch.tensor(table, dtype=torch.long)
+
+
+def apply_colour_cast(images_u8: np.ndarray, gains: tuple[float, float, float]) -> np.ndarray:
+    """uint8 (N, H, W, 3) images with each RGB channel scaled by its gain (clipped, rounded)."""
+    if len(gains) != 3 or min(gains) < 0:
+        raise ValueError(f"colour_cast must be three non-negative RGB gains, got {gains!r}")
+    scaled = images_u8.astype(np.float32) * np.asarray(gains, dtype=np.float32)
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
 def _to_input(images_u8: torch.Tensor) -> torch.Tensor:
@@ -144,6 +157,8 @@ def _pretrain(settings: PretrainSettings, progress: bool):
     torch.manual_seed(settings.train_seed)
     world = ShapeWorld(settings.world_seed, settings.image_size)
     images, labels = world.render_array("pretrain", settings.images_per_class)
+    if settings.colour_cast is not None:
+        images = apply_colour_cast(images, settings.colour_cast)
     seeds = list(world.instance_seeds("pretrain", settings.images_per_class)) * world.num_classes
     model = open_clip.CLIP(**settings.model_cfg)
     tokens, caption_ids = _tokenize_captions(world, labels, seeds, settings.caption_templates,

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 # Bump when rendering or captions change: it is part of every cache key built on this world.
-RENDER_VERSION = 1
+RENDER_VERSION = 2
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 35),
@@ -100,13 +100,14 @@ def _polygon(shape: str, angle: float, n_circle: int = 48) -> list[np.ndarray]:
 class ShapeWorld:
     """Classes ``colour x shape`` (48 by default), rendered at ``image_size`` pixels."""
 
-    def __init__(self, seed: int = 0, image_size: int = 32, max_rotation_deg: float = 30.0):
+    def __init__(self, seed: int = 0, image_size: int = 32, max_rotation_deg: float = 15.0):
         if image_size < 16:
             raise ValueError(f"image_size must be >= 16 pixels, got {image_size}")
         self.seed = int(seed)
         self.image_size = int(image_size)
         # Bounded rotation: tiny ViTs trained for minutes on CPU learn upright-ish shapes far
-        # faster than fully rotation-invariant ones (30 deg: shape top-1 ~2x after 300 steps).
+        # faster than rotation-invariant ones (a supervised 6-way shape probe of the student's
+        # ViT after 400 steps: 66% at 0 deg, 61% at 15 deg, 49% at 30 deg).
         self.max_rotation_deg = float(max_rotation_deg)
         self.classes: list[tuple[str, str]] = [(c, s) for c in COLOURS for s in SHAPES]
         self.classnames: list[str] = [f"{c} {s}" for c, s in self.classes]
