@@ -147,3 +147,46 @@ def test_compact_embedding_training_matches_encode_text():
     length = int((tokens != 0).sum(-1).max())
     ours = pretrain._encode_text(model, model.token_embedding(tokens[:, :length]), tokens[:, :length])
     torch.testing.assert_close(ours, model.encode_text(tokens, normalize=True), atol=1e-5, rtol=1e-5)
+
+
+def test_colour_cast_scales_channels_clips_and_keys_the_cache():
+    images = np.array([[[[200, 100, 50], [255, 255, 255]]]], dtype=np.uint8)
+    cast = pretrain.apply_colour_cast(images, (1.5, 0.5, 1.0))
+    assert cast.dtype == np.uint8
+    assert cast[0, 0, 0].tolist() == [255, 50, 50]  # 300 clipped to 255
+    assert cast[0, 0, 1].tolist() == [255, 128, 255]  # 127.5 rounds half to even: 128
+    with pytest.raises(ValueError, match="three non-negative RGB gains"):
+        pretrain.apply_colour_cast(images, (1.0, 0.5))
+    settings = models.SYNTHETIC_MODELS["synthetic-student-test"]
+    assert settings.colour_cast is not None
+    neutral = dataclasses.replace(settings, colour_cast=None)
+    assert neutral.cache_key() != settings.cache_key()
+
+
+def test_test_student_features_separate_colours_its_zero_shot_prompts_misname(test_bundles):
+    """The room prompt learning fills: a colour probe on the student's image features beats its
+    zero-shot prompts' colours by a wide margin (pretrained under a cast, tested on neutral)."""
+    world = ShapeWorld(seed=models.SYNTHETIC_MODELS["synthetic-student-test"].world_seed)
+    model = open_clip.create_model("local-dir:" + str(test_bundles["student"])).eval()
+    features = {}
+    with torch.no_grad():
+        for split, n in (("train", 8), ("test", 10)):
+            images, labels = world.render_array(split, n)
+            features[split] = (model.encode_image(pretrain._to_input(torch.from_numpy(images)), normalize=True),
+                               torch.from_numpy(labels) // len(SHAPES))
+        text = model.encode_text(open_clip.tokenize([f"a photo of a {c}." for c in world.classnames]),
+                                 normalize=True)
+    x_test, colour_test = features["test"]
+    zero_shot_colour = float(((x_test @ text.t()).argmax(-1) // len(SHAPES) == colour_test).float().mean())
+    x_train, colour_train = features["train"]
+    probe = torch.nn.Linear(x_train.shape[1], len(COLOURS))
+    optimizer = torch.optim.Adam(probe.parameters(), lr=0.05)
+    for _ in range(300):
+        loss = torch.nn.functional.cross_entropy(probe(10 * x_train), colour_train)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        probe_colour = float((probe(10 * x_test).argmax(-1) == colour_test).float().mean())
+    assert probe_colour > 0.85, probe_colour
+    assert probe_colour > zero_shot_colour + 0.25, (probe_colour, zero_shot_colour)
