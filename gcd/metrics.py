@@ -63,12 +63,18 @@ def cluster_acc(y_true, y_pred) -> float:
     return float(w[cluster_of, np.arange(w.shape[1])].sum() / y_true.size)
 
 
-def split_cluster_acc_v2(y_true, y_pred, old_mask) -> tuple[float, float, float]:
-    """(All, Old, New) with one Hungarian matching over all samples (the reported metric)."""
+def _split_inputs(y_true, y_pred, old_mask) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Flat int labels, int predictions and a bool old-class mask, checked to be the same length."""
     y_true, y_pred = _as_int_array(y_true), _as_int_array(y_pred)
     old_mask = np.asarray(torch.as_tensor(old_mask).cpu(), dtype=bool).reshape(-1)
     if not y_true.size == y_pred.size == old_mask.size:
         raise ValueError("y_true, y_pred and old_mask must have the same length")
+    return y_true, y_pred, old_mask
+
+
+def split_cluster_acc_v2(y_true, y_pred, old_mask) -> tuple[float, float, float]:
+    """(All, Old, New) with one Hungarian matching over all samples (the reported metric)."""
+    y_true, y_pred, old_mask = _split_inputs(y_true, y_pred, old_mask)
     if y_true.size == 0:
         return 0.0, 0.0, 0.0
     w = count_matrix(y_true, y_pred)
@@ -91,10 +97,7 @@ def split_cluster_acc_v2(y_true, y_pred, old_mask) -> tuple[float, float, float]
 def split_cluster_acc_v1(y_true, y_pred, old_mask) -> tuple[float, float, float]:
     """(All, Old, New) with separate matchings on old and new samples; All is their
     sample-weighted mean."""
-    y_true, y_pred = _as_int_array(y_true), _as_int_array(y_pred)
-    old_mask = np.asarray(torch.as_tensor(old_mask).cpu(), dtype=bool).reshape(-1)
-    if not y_true.size == y_pred.size == old_mask.size:
-        raise ValueError("y_true, y_pred and old_mask must have the same length")
+    y_true, y_pred, old_mask = _split_inputs(y_true, y_pred, old_mask)
     if y_true.size == 0:
         return 0.0, 0.0, 0.0
     weight = old_mask.mean()
