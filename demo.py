@@ -310,7 +310,7 @@ def _write(path: Path, text: str) -> None:
 
 def run_demo(profile: Profile, output_dir: Path, data_root: Path | None = None, extra: list[str] = ()) -> dict:
     """Run every part of the demo; returns the results (also written under ``output_dir``)."""
-    from clipcore.cli import register_methods
+    from clipdistill.app import register_methods
 
     register_methods()
     started, started_cpu = time.perf_counter(), time.process_time()

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from clipcore.errors import UserError
+
 log = logging.getLogger(__name__)
 
 ASSETS_DIR_ENV = "CLIPCORE_ASSETS_DIR"
@@ -39,7 +41,7 @@ DOWNLOAD_TIMEOUT_S = 30
 _SPECTRALGCD_RAW = "https://raw.githubusercontent.com/miccunifi/SpectralGCD/fff0780"
 
 
-class AssetError(RuntimeError):
+class AssetError(UserError, RuntimeError):
     """An asset is unknown, unreachable, or does not match its pinned sha256."""
 
 

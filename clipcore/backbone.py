@@ -29,6 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from clipcore.errors import UserError
+
 log = logging.getLogger(__name__)
 
 Hook = Callable[[int, torch.Tensor], torch.Tensor]
@@ -42,7 +44,7 @@ _TEXT_TOWER_MSG = ("Only OpenAI-style text towers (token_embedding/positional_em
                    "ln_final/text_projection on the CLIP model) are supported.")
 
 
-class BackboneLoadError(RuntimeError):
+class BackboneLoadError(UserError, RuntimeError):
     """Weights could not be found or loaded; the message says how to point at a local copy."""
 
 

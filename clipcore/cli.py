@@ -1,10 +1,24 @@
-"""Shared command-line plumbing for train.py / eval.py."""
+"""Command-line plumbing shared by the entry points: environment, config arguments, errors.
+
+Light on purpose (no torch): a config mistake is reported before the heavy imports.
+"""
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import os
+import sys
+from typing import Callable
+
+from clipcore.errors import DEBUG_ENV, USER_ERROR_EXIT, UserError, debug_enabled, user_message
+from clipcore.signals import RunPreempted
+
+
+class _NotFileOnly(logging.Filter):
+    """Records marked ``file_only`` (already printed by the entry point) stay out of stderr."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(record, "file_only", False)
 
 
 def prepare_environment() -> None:
@@ -16,14 +30,12 @@ def prepare_environment() -> None:
     if os.environ.get("CLIPCORE_OFFLINE") == "1":
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            if not any(isinstance(f, _NotFileOnly) for f in handler.filters):
+                handler.addFilter(_NotFileOnly())
     # Lightning prints through its own handler; stop a second copy through the root logger.
     logging.getLogger("lightning.pytorch").propagate = False
-
-
-def register_methods() -> None:
-    """Importing the method packages registers their methods, datasets and config sections."""
-    for package in ("clipcore.zeroshot", "clipcore.synthetic.dataset", "kdpl", "gcd"):
-        importlib.import_module(package)
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,16 +43,28 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
                         help="config file; repeat to merge several in order")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="config overrides, e.g. trainer.max_epochs=5 data.root=/data")
+    add_debug_argument(parser)
 
 
-def config_from_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace):
-    """Prepare the environment, register the methods and load ``-c`` files + overrides; a bad
-    config ends the program with status 2 and the message naming the key and source."""
-    prepare_environment()
-    register_methods()
-    from clipcore.config import ConfigError, load_config
+def add_debug_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--debug", action="store_true",
+                        help=f"show the traceback of an error (also: {DEBUG_ENV}=1)")
 
+
+def run_guarded(main: Callable[[], int], debug: bool = False) -> int:
+    """Run ``main``; an anticipated error becomes ``error: <message>`` on stderr and exit 2, a
+    pre-emption its exit status (128 + signal). ``debug`` shows tracebacks instead."""
+    if debug:
+        os.environ[DEBUG_ENV] = "1"  # DDP worker processes inherit it
     try:
-        return load_config(args.config, args.overrides)
-    except ConfigError as exc:
-        parser.exit(2, f"error: {exc}\n")
+        return main()
+    except RunPreempted as exc:
+        return exc.exit_code  # the runner already wrote the line to train.log and stderr
+    except UserError as exc:
+        if debug_enabled():
+            raise
+        print(f"error: {user_message(exc)}", file=sys.stderr)
+        return USER_ERROR_EXIT
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

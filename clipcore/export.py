@@ -15,12 +15,14 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from clipcore.errors import UserError
+
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "weights.safetensors"
 METADATA_FILE = "export.json"
 
 
-class ExportError(RuntimeError):
+class ExportError(UserError, RuntimeError):
     pass
 
 

@@ -14,10 +14,12 @@ from typing import Any, ClassVar
 import lightning as L
 import torch
 
+from clipcore.errors import UserError
+
 FINGERPRINT_KEY = "backbone_fingerprints"
 
 
-class CheckpointMismatchError(RuntimeError):
+class CheckpointMismatchError(UserError, RuntimeError):
     """A checkpoint was made with other frozen weights than the ones loaded now."""
 
 

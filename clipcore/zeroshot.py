@@ -5,31 +5,18 @@ with the dataset's template and reports micro top-1 accuracy.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
-
 import torch
 from torchmetrics.classification import MulticlassAccuracy
 
 from clipcore.backbone import ClipBackbone
 from clipcore.build import backbone_from_config, fill_template
-from clipcore.config import register_config_section, to_plain
+from clipcore.config import to_plain
 from clipcore.data import get_dataset
 from clipcore.data.from_config import classification_datamodule
 from clipcore.module import ClipMethodModule
 from clipcore.registry import register_method
 from clipcore.teacher import encode_prompts
-
-
-@dataclass
-class ZeroShotConfig:
-    # student | teacher: which backbone section of the config to evaluate.
-    model: str = "student"
-    # None: the dataset's own template (kdpl spec 3.4).
-    template: Optional[str] = None
-
-
-register_config_section("zeroshot", ZeroShotConfig)
+from clipcore.zeroshot_config import ZeroShotConfig  # noqa: F401  (registers the section)
 
 
 class ZeroShotModule(ClipMethodModule):

@@ -29,7 +29,9 @@ def load_exported_module(export_dir: str | Path, device: str | torch.device = "c
 
     tensors, metadata = read_export(export_dir)
     if metadata["method"] not in ("spectralgcd", "simgcd"):
-        raise ValueError(f"{export_dir}: a {metadata['method']!r} export, not a GCD one")
+        from clipcore.export import ExportError
+
+        raise ExportError(f"{export_dir}: a {metadata['method']!r} export, not a GCD one (spectralgcd, simgcd)")
     student = backbone_from_config(OmegaConf.create(metadata["student"]))
     module = GCDModule(metadata["config"], student, classnames=metadata["classnames"],
                        n_old=metadata["n_old"], concepts=metadata.get("concepts"),
@@ -40,13 +42,15 @@ def load_exported_module(export_dir: str | Path, device: str | torch.device = "c
 
 
 def list_image_files(folder: Path) -> list[Path]:
-    from clipcore.data.readers import is_image_file
+    from clipcore.data.readers import IMAGE_EXTENSIONS, is_image_file
+
+    from clipcore.data import DataError
 
     if not folder.is_dir():
-        raise FileNotFoundError(f"image folder {folder} not found")
+        raise DataError(f"--images {folder}: expected a folder of images, but it does not exist")
     files = sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p.name))
     if not files:
-        raise FileNotFoundError(f"no images under {folder}")
+        raise DataError(f"--images {folder}: no image files under it (looked for {sorted(IMAGE_EXTENSIONS)})")
     return files
 
 
@@ -84,13 +88,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="CSV to write (path,cluster)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
-    from clipcore.cli import prepare_environment
+    from clipcore.cli import prepare_environment, run_guarded
 
-    prepare_environment()
-    path = assign_clusters(args.export, args.images, args.out, batch_size=args.batch_size, device=args.device)
-    print(f"clusters written to {path}")
-    return 0
+    def assign() -> int:
+        prepare_environment()
+        path = assign_clusters(args.export, args.images, args.out, batch_size=args.batch_size, device=args.device)
+        print(f"clusters written to {path}")
+        return 0
+
+    return run_guarded(assign, debug=args.debug)
 
 
 if __name__ == "__main__":

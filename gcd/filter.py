@@ -20,8 +20,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 log = logging.getLogger(__name__)
 
 
@@ -55,7 +53,9 @@ def run_filter(cfg, out_dir: str | Path | None = None) -> Path:
     teacher = backbone_from_config(cfg.teacher).freeze().eval()
     datamodule = GCDDataModule(splits, image_size=teacher.image_size, eval_batch_size=cfg.data.eval_batch_size,
                                num_workers=cfg.data.num_workers, normalization=cfg.data.normalization,
-                               pin_memory=device.type == "cuda")
+                               pin_memory=device.type == "cuda", skip_corrupt=cfg.data.skip_corrupt,
+                               max_corrupt_fraction=cfg.data.max_corrupt_fraction)
+    datamodule.setup("fit")
     prompts = concept_prompts(prompt_template(cfg.gcd, cfg.data.name), concepts)
     teacher.to(device)
     t0 = time.perf_counter()
@@ -67,7 +67,9 @@ def run_filter(cfg, out_dir: str | Path | None = None) -> Path:
     acc = SpectralAccumulator(len(concepts), method="auto", max_rows=n_images, device=device)
     t0 = time.perf_counter()
     for batch in datamodule.train_eval_dataloader():
-        acc.update(image_concept_logits(teacher, batch["image"], text, cfg.gcd.tau))
+        batch = datamodule.on_before_batch_transfer(batch, 0)  # drops (and counts) skipped images
+        if batch is not None:
+            acc.update(image_concept_logits(teacher, batch["image"], text, cfg.gcd.tau))
     t_images = time.perf_counter() - t0
     del teacher, text
     t0 = time.perf_counter()
@@ -93,13 +95,28 @@ def run_filter(cfg, out_dir: str | Path | None = None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from clipcore.cli import add_config_arguments, config_from_arguments
+    from clipcore.cli import add_config_arguments, run_guarded
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m gcd.filter", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(parser)
     parser.add_argument("--out", type=Path, help="folder for <dataset>_concepts.csv, spectrum.png, filter.json")
     args = parser.parse_args(argv)
-    cfg = config_from_arguments(parser, args)
+    return run_guarded(lambda: _filter(args), debug=args.debug)
+
+
+def _filter(args) -> int:
+    from clipcore.cli import prepare_environment
+    from clipcore.config import load_config
+
+    prepare_environment()
+    import gcd.config  # noqa: F401  (registers the gcd section)
+
+    cfg = load_config(args.config, args.overrides)
+    import torch
+
+    import gcd.methods  # noqa: F401  (registers the GCD datasets)
+
     with torch.no_grad():
         path = run_filter(cfg, args.out)
     print(f"concepts written to {path}")

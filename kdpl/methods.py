@@ -9,6 +9,7 @@ from clipcore.config import to_plain
 from clipcore.data import get_dataset
 from clipcore.data.from_config import classification_datamodule
 from clipcore.registry import register_method
+from kdpl import datasets as _datasets  # noqa: F401  (registers the CoOp datasets)
 from kdpl.config import OBJECTIVES
 from kdpl.module import PromptLearningModule
 

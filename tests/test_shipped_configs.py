@@ -7,7 +7,7 @@ import math
 import open_clip
 import pytest
 
-from clipcore.cli import register_methods
+from clipdistill.app import register_methods
 from clipcore.config import CONFIG_DIR, load_config
 from clipcore.data import get_dataset
 from clipcore.schedule import epoch_lr

@@ -3,9 +3,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from clipcore.errors import UserError
 
-class DataError(RuntimeError):
+
+class DataError(UserError, RuntimeError):
     """Bad dataset input: a missing folder or split file, an undecodable image, bad labels."""
+
+
+class CorruptImageError(DataError):
+    """An image file exists but cannot be decoded (truncated, corrupt, not an image)."""
+
+    def __init__(self, message: str, path: str = ""):
+        super().__init__(message)
+        self.path = path
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,31 @@
+"""What every command needs: the config schema (light) and the registered methods (heavy).
+
+The schema's sections come from modules that import nothing but dataclasses and omegaconf, so
+a config mistake is reported in a fraction of a second; the methods (torch, open_clip,
+Lightning) are imported only once the config is known to be valid.
+"""
+from __future__ import annotations
+
+
+def register_config_sections() -> None:
+    """The ``zeroshot``, ``prompt``, ``kdpl`` and ``gcd`` sections (no torch)."""
+    import clipcore.zeroshot_config  # noqa: F401
+    import gcd.config  # noqa: F401
+    import kdpl.config  # noqa: F401
+
+
+def register_methods() -> None:
+    """Every method and dataset: zero-shot, the prompt learners, SpectralGCD / SimGCD, ShapeWorld."""
+    register_config_sections()
+    import clipcore.synthetic.dataset  # noqa: F401
+    import clipcore.zeroshot  # noqa: F401
+    import gcd.methods  # noqa: F401
+    import kdpl.methods  # noqa: F401
+
+
+def load_run_config(files, overrides):
+    """The validated config of ``-c`` files and ``key=value`` overrides (ConfigError otherwise)."""
+    from clipcore.config import load_config
+
+    register_config_sections()
+    return load_config(files, overrides)
