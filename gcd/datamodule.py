@@ -14,11 +14,13 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 
-import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from clipcore.data import Datum, build_gcd_transform
+from clipcore.data.corrupt import SkippedImage, collate_for, load_or_skip
+from clipcore.data.resume import ResumableDataModule
+from clipcore.data.sampling import augmentation_rng, split_key
 
 from .datasets import load_gcd_splits
 from .sampling import WeightedEpochSampler
@@ -45,22 +47,31 @@ class TwoViews:
 
 
 class GCDTrainDataset(Dataset):
-    """Labelled items then unlabelled items (the reference's `MergedDataset`), two views each."""
+    """Labelled items then unlabelled items (the reference's `MergedDataset`), two views each.
+    Keys are positions or `SampleKey`s (whose seed drives the augmentations of that draw)."""
 
     def __init__(self, labelled: Sequence[Datum], unlabelled: Sequence[Datum],
-                 transform: Callable, image_source: ImageSource | None = None):
+                 transform: Callable, image_source: ImageSource | None = None,
+                 skip_corrupt: bool = False):
         self.items = list(labelled) + list(unlabelled)
         self.n_labelled = len(labelled)
         self.transform = transform
         self.image_source = image_source or FileImageSource()
+        self.skip_corrupt = skip_corrupt
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, position: int) -> dict:
+    def __getitem__(self, key) -> dict | SkippedImage:
+        position, seed = split_key(key)
         datum = self.items[position]
-        return {"images": self.transform(self.image_source(datum.path)), "label": datum.label,
-                "index": datum.index, "is_labelled": position < self.n_labelled}
+        image = load_or_skip(datum.path, datum.index, self.skip_corrupt, self.image_source)
+        if isinstance(image, SkippedImage):
+            return image
+        with augmentation_rng(seed):
+            views = self.transform(image)
+        return {"images": views, "label": datum.label, "index": datum.index,
+                "is_labelled": position < self.n_labelled}
 
 
 class GCDEvalDataset(Dataset):
@@ -68,26 +79,31 @@ class GCDEvalDataset(Dataset):
     `n_labelled` is given (items = labelled first, then unlabelled), `is_labelled`."""
 
     def __init__(self, items: Sequence[Datum], transform: Callable, n_old: int,
-                 image_source: ImageSource | None = None, n_labelled: int | None = None):
+                 image_source: ImageSource | None = None, n_labelled: int | None = None,
+                 skip_corrupt: bool = False):
         self.items = list(items)
         self.transform = transform
         self.n_old = n_old
         self.image_source = image_source or FileImageSource()
         self.n_labelled = n_labelled
+        self.skip_corrupt = skip_corrupt
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, position: int) -> dict:
+    def __getitem__(self, position: int) -> dict | SkippedImage:
         datum = self.items[position]
-        sample = {"image": self.transform(self.image_source(datum.path)), "label": datum.label,
+        image = load_or_skip(datum.path, datum.index, self.skip_corrupt, self.image_source)
+        if isinstance(image, SkippedImage):
+            return image
+        sample = {"image": self.transform(image), "label": datum.label,
                   "index": datum.index, "is_old": datum.label < self.n_old}
         if self.n_labelled is not None:
             sample["is_labelled"] = position < self.n_labelled
         return sample
 
 
-class GCDDataModule(L.LightningDataModule):
+class GCDDataModule(ResumableDataModule):
     """Train / evaluation loaders of a `GCDSplits`.
 
     - `train_dataloader()`: labelled + unlabelled, two train-transform views, sampled by
@@ -105,14 +121,14 @@ class GCDDataModule(L.LightningDataModule):
                  eval_batch_size: int = 256, num_workers: int = 8, seed: int = 0,
                  normalization: str | Sequence[float] = "imagenet",
                  std: Sequence[float] | None = None, pin_memory: bool = True,
-                 persistent_workers: bool = False):
-        super().__init__()
+                 persistent_workers: bool = False, skip_corrupt: bool = False,
+                 max_corrupt_fraction: float = 0.01):
+        super().__init__(seed=seed, skip_corrupt=skip_corrupt, max_corrupt_fraction=max_corrupt_fraction)
         self.splits = splits
         self.image_size = int(image_size)
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size)
         self.num_workers = int(num_workers)
-        self.seed = int(seed)
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers and self.num_workers > 0
         self.train_transform = build_gcd_transform(True, self.image_size, normalization, std)
@@ -141,31 +157,38 @@ class GCDDataModule(L.LightningDataModule):
     def n_old(self) -> int:
         return self.splits.n_old
 
+    def split_sizes(self) -> dict[str, int]:
+        return {"train": len(self.splits.train), "test": len(self.splits.test)}
+
     def train_dataset(self) -> GCDTrainDataset:
         return GCDTrainDataset(self.splits.train_labelled, self.splits.train_unlabelled,
-                               TwoViews(self.train_transform), self.splits.image_source)
+                               TwoViews(self.train_transform), self.splits.image_source,
+                               skip_corrupt=self.skip_corrupt)
 
     def train_sampler(self) -> WeightedEpochSampler:
         return WeightedEpochSampler(len(self.splits.train_labelled),
-                                    len(self.splits.train_unlabelled), seed=self.seed)
+                                    len(self.splits.train_unlabelled), seed=self.seed, keyed=True)
 
-    def _loader(self, dataset: Dataset, batch_size: int, **kwargs) -> DataLoader:
+    def _loader(self, dataset: Dataset, batch_size: int, split: str, **kwargs) -> DataLoader:
         return DataLoader(dataset, batch_size=batch_size, num_workers=self.num_workers,
-                          pin_memory=self.pin_memory,
-                          persistent_workers=self.persistent_workers, **kwargs)
+                          pin_memory=self.pin_memory, persistent_workers=self.persistent_workers,
+                          collate_fn=collate_for(split, self.skip_corrupt),
+                          generator=self.loader_generator(), **kwargs)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_dataset(), self.batch_size, sampler=self.train_sampler(),
+        sampler = self.position_sampler(self.train_sampler(), self.batch_size)
+        return self._loader(self.train_dataset(), self.batch_size, "train", sampler=sampler,
                             drop_last=True)
 
     def eval_dataset(self, items: Sequence[Datum]) -> GCDEvalDataset:
-        return GCDEvalDataset(items, self.test_transform, self.n_old, self.splits.image_source)
+        return GCDEvalDataset(items, self.test_transform, self.n_old, self.splits.image_source,
+                              skip_corrupt=self.skip_corrupt)
 
     def val_dataloader(self) -> list[DataLoader]:
         """Loaders named by `VAL_LOADER_NAMES` (index = Lightning's `dataloader_idx`)."""
         return [self._loader(self.eval_dataset(self.splits.train_unlabelled),
-                             self.eval_batch_size, shuffle=False),
-                self._loader(self.eval_dataset(self.splits.test), self.eval_batch_size,
+                             self.eval_batch_size, "train", shuffle=False),
+                self._loader(self.eval_dataset(self.splits.test), self.eval_batch_size, "test",
                              shuffle=False)]
 
     def test_dataloader(self) -> list[DataLoader]:
@@ -174,5 +197,6 @@ class GCDDataModule(L.LightningDataModule):
     def train_eval_dataloader(self, batch_size: int | None = None) -> DataLoader:
         """All train images, labelled first, test transform, batches with `is_labelled`."""
         dataset = GCDEvalDataset(self.splits.train, self.test_transform, self.n_old,
-                                 self.splits.image_source, len(self.splits.train_labelled))
-        return self._loader(dataset, batch_size or self.eval_batch_size, shuffle=False)
+                                 self.splits.image_source, len(self.splits.train_labelled),
+                                 skip_corrupt=self.skip_corrupt)
+        return self._loader(dataset, batch_size or self.eval_batch_size, "train", shuffle=False)

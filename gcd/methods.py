@@ -23,7 +23,8 @@ def gcd_datamodule(cfg, image_size: int) -> GCDDataModule:
         d.name, d.root, prop_train_labels=d.prop_train_labels, seed=cfg.seed,
         split_follows_seed=d.split_follows_seed, image_size=image_size, batch_size=d.batch_size,
         eval_batch_size=d.eval_batch_size, num_workers=d.num_workers, normalization=d.normalization,
-        pin_memory=torch.cuda.is_available(), persistent_workers=d.num_workers > 0)
+        pin_memory=torch.cuda.is_available(), persistent_workers=d.num_workers > 0,
+        skip_corrupt=d.skip_corrupt, max_corrupt_fraction=d.max_corrupt_fraction)
 
 
 def read_concepts(name_or_path: str) -> list[str]:
@@ -59,13 +60,16 @@ def teacher_representation_loader(cfg, datamodule: GCDDataModule, prompts: list[
         teacher_dm = GCDDataModule(datamodule.splits, image_size=teacher.image_size,
                                    eval_batch_size=cfg.data.eval_batch_size,
                                    num_workers=cfg.data.num_workers, normalization=cfg.data.normalization,
-                                   pin_memory=torch.cuda.is_available())
+                                   pin_memory=torch.cuda.is_available(), skip_corrupt=cfg.data.skip_corrupt,
+                                   max_corrupt_fraction=cfg.data.max_corrupt_fraction)
+        teacher_dm.setup("fit")
         try:
             return teacher_representations(
                 teacher, prompts, teacher_dm.train_eval_dataloader(), datamodule.splits.train,
                 tau=cfg.gcd.tau, dataset=cfg.data.name, image_source=datamodule.splits.image_source,
                 cache_dir=cfg.gcd.teacher_cache_dir, dtype=cfg.gcd.teacher_cache_dtype,
-                device=device_for_teacher(cfg))
+                device=device_for_teacher(cfg),
+                skipped=teacher_dm.corrupt.record if teacher_dm.corrupt is not None else None)
         finally:
             del teacher
             gc.collect()

@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch.utils.data import DistributedSampler
 
-
-def _world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size(), dist.get_rank()
-    return 1, 0
+from clipcore.data.sampling import ResumableSampler, world_and_rank
 
 
 def gcd_sample_weights(n_labelled: int, n_unlabelled: int) -> torch.Tensor:
@@ -25,7 +19,7 @@ def gcd_sample_weights(n_labelled: int, n_unlabelled: int) -> torch.Tensor:
                       torch.full((n_unlabelled,), unlabelled_weight, dtype=torch.double)])
 
 
-class WeightedEpochSampler(DistributedSampler):
+class WeightedEpochSampler(ResumableSampler, DistributedSampler):
     """Draws `num_samples` indices with replacement from `gcd_sample_weights`, per epoch.
 
     The draw of (seed, epoch, rank) comes from its own `torch.Generator`, seeded through
@@ -36,17 +30,21 @@ class WeightedEpochSampler(DistributedSampler):
 
     It subclasses `DistributedSampler` only so that Lightning recognises it as already
     distributed and neither replaces nor wraps it; Lightning calls `set_epoch` every epoch.
+    `keyed=True` yields `SampleKey`s with per-draw augmentation seeds; `resume_at` skips the
+    draws a checkpointed run already consumed (see `clipcore.data.sampling`).
     """
 
     def __init__(self, n_labelled: int, n_unlabelled: int, *, seed: int = 0,
                  num_samples: int | None = None, num_replicas: int | None = None,
-                 rank: int | None = None):
+                 rank: int | None = None, keyed: bool = False):
         # DistributedSampler.__init__ insists on an initialised process group: not called.
-        world, world_rank = _world()
-        self.num_replicas = world if num_replicas is None else int(num_replicas)
-        self.rank = world_rank if rank is None else int(rank)
-        if self.num_replicas < 1 or not 0 <= self.rank < self.num_replicas:
-            raise ValueError(f"invalid rank {self.rank} for {self.num_replicas} replicas")
+        world, world_rank = world_and_rank()
+        num_replicas = world if num_replicas is None else int(num_replicas)
+        rank = world_rank if rank is None else int(rank)
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise ValueError(f"invalid rank {rank} for {num_replicas} replicas")
+        ResumableSampler.__init__(self, seed, rank, keyed)
+        self.num_replicas = num_replicas
         if n_labelled + n_unlabelled == 0 or n_labelled == 0 and n_unlabelled > 0:
             raise ValueError(f"need labelled items to weight against, got n_labelled="
                              f"{n_labelled}, n_unlabelled={n_unlabelled}")
@@ -54,14 +52,9 @@ class WeightedEpochSampler(DistributedSampler):
         self.weights = gcd_sample_weights(self.n_labelled, self.n_unlabelled)
         self.total_size = int(num_samples if num_samples is not None else len(self.weights))
         self.num_samples = math.ceil(self.total_size / self.num_replicas)
-        self.seed = int(seed)
-        self.epoch = 0
         self.shuffle = True
         self.drop_last = False
         self.dataset = None
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
 
     def generator(self) -> torch.Generator:
         """The generator of this (seed, epoch, rank)."""
@@ -74,9 +67,6 @@ class WeightedEpochSampler(DistributedSampler):
         """This rank's indices for the current epoch."""
         return torch.multinomial(self.weights, self.num_samples, replacement=True,
                                  generator=self.generator()).tolist()
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.indices())
 
     def __len__(self) -> int:
         return self.num_samples

@@ -68,12 +68,14 @@ def teacher_text_features(teacher, prompts: list[str], cache_dir=None, device=No
 
 def teacher_representations(teacher, prompts: list[str], loader, items, *, tau: float,
                             dataset: str, image_source=None, cache_dir=None,
-                            dtype: str = "float16", device=None) -> torch.Tensor:
+                            dtype: str = "float16", device=None, skipped=None) -> torch.Tensor:
     """The ``[len(items), K]`` representations (row-max subtracted, ``dtype``), cached.
 
     ``loader`` yields every train item once (test transform, any order) as batches with
     ``image`` and ``index``; ``items`` is the split (its paths and indices key the cache).
-    The teacher is only run on a cache miss, on ``device``.
+    The teacher is only run on a cache miss, on ``device``. With ``data.skip_corrupt``,
+    ``skipped(batch)`` returns ``(batch or None, skipped items)``: the rows of skipped images
+    stay zero (training never draws them either).
     """
     if dtype not in DTYPES:
         raise ValueError(f"gcd.teacher_cache_dtype={dtype!r}: expected one of {sorted(DTYPES)}")
@@ -88,6 +90,11 @@ def teacher_representations(teacher, prompts: list[str], loader, items, *, tau: 
         out = torch.empty(len(items), len(prompts), dtype=DTYPES[dtype])
         seen = torch.zeros(len(items), dtype=torch.bool)
         for batch in loader:
+            if skipped is not None:
+                batch, missing = skipped(batch)
+                seen[[item.index for item in missing]] = True
+                if batch is None:
+                    continue
             z = image_concept_logits(teacher, batch["image"], text, tau)
             z = (z - z.max(dim=1, keepdim=True).values).to("cpu", DTYPES[dtype])
             out[batch["index"]] = z

@@ -265,16 +265,9 @@ def _image_splits(tmp_path, n_train=5, n_val=0, n_test=3) -> DatasetSplits:
 
 
 def test_datamodule_batches(tmp_path):
-    calls = []
-
-    def provider():
-        calls.append(1)
-        return _image_splits(tmp_path)
-
-    dm = ClassificationDataModule(provider, batch_size=2, eval_batch_size=2, image_size=16, seed=5)
-    assert calls == []  # lazy
+    dm = ClassificationDataModule(_image_splits(tmp_path), batch_size=2, eval_batch_size=2, image_size=16, seed=5)
     dm.setup("fit")
-    assert dm.classnames == ["c0", "c1"] and dm.num_classes == 2 and calls == [1]
+    assert dm.classnames == ["c0", "c1"] and dm.num_classes == 2
 
     train = list(dm.train_dataloader())
     assert len(train) == 2  # 5 items, batch 2, drop_last (5 >= 2) as in Dassl

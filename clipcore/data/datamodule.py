@@ -3,25 +3,25 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from .corrupt import collate_for
 from .dataset import ImageDataset
 from .records import DatasetSplits, Datum
+from .resume import ResumableDataModule
 from .sampling import EpochSeededSampler
 from .transforms import build_transform
 
-SplitsSource = DatasetSplits | Callable[[], DatasetSplits]
 
-
-class ClassificationDataModule(L.LightningDataModule):
-    """Train/val/test loaders over a `DatasetSplits` (or a callable returning one, read lazily).
+class ClassificationDataModule(ResumableDataModule):
+    """Train/val/test loaders over a `DatasetSplits`.
 
     Training order comes from `EpochSeededSampler` (deterministic in (seed, epoch), split across
-    ranks), so the Trainer must be built with `use_distributed_sampler=False`; otherwise Lightning
-    would wrap the sampler in a second DistributedSampler. Val/test are read sequentially, sharded
-    across ranks without padding, so each image is evaluated exactly once overall.
+    ranks, one augmentation seed per draw, resumable mid-epoch), so the Trainer must be built
+    with `use_distributed_sampler=False`; otherwise Lightning would wrap the sampler in a second
+    DistributedSampler. Val/test are read sequentially, sharded across ranks without padding, so
+    each image is evaluated exactly once overall.
 
     `drop_last=None` follows Dassl: drop the last incomplete batch iff this rank has at least one
     full batch (single process: `len(train) >= batch_size`). `val_dataloader` uses the val split,
@@ -30,7 +30,7 @@ class ClassificationDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        splits: SplitsSource,
+        splits: DatasetSplits,
         *,
         batch_size: int = 32,
         eval_batch_size: int = 100,
@@ -38,38 +38,27 @@ class ClassificationDataModule(L.LightningDataModule):
         image_size: int = 224,
         mean: Sequence[float] | str | None = None,
         std: Sequence[float] | None = None,
-        transform_kind: str = "clip",
         min_crop_scale: float = 0.08,
         train_transform: Callable | None = None,
         eval_transform: Callable | None = None,
         seed: int = 0,
         drop_last: bool | None = None,
         pin_memory: bool | None = None,
+        skip_corrupt: bool = False,
+        max_corrupt_fraction: float = 0.01,
     ):
-        super().__init__()
-        self._source = splits
-        self._splits: DatasetSplits | None = splits if isinstance(splits, DatasetSplits) else None
+        super().__init__(seed=seed, skip_corrupt=skip_corrupt, max_corrupt_fraction=max_corrupt_fraction)
+        if not isinstance(splits, DatasetSplits):
+            raise TypeError(f"splits must be DatasetSplits, got {type(splits).__name__}")
+        self.splits = splits
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size)
         self.num_workers = int(num_workers)
-        self.seed = int(seed)
         self.drop_last = drop_last
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.train_transform = train_transform or build_transform(
-            True, image_size, mean, std, kind=transform_kind, min_crop_scale=min_crop_scale)
-        self.eval_transform = eval_transform or build_transform(
-            False, image_size, mean, std, kind=transform_kind)
-
-    @property
-    def splits(self) -> DatasetSplits:
-        """The splits, read on first use when a provider callable was given."""
-        if self._splits is None:
-            splits = self._source()
-            if not isinstance(splits, DatasetSplits):
-                raise TypeError(f"splits provider returned {type(splits).__name__}, "
-                                "expected DatasetSplits")
-            self._splits = splits
-        return self._splits
+            True, image_size, mean, std, min_crop_scale=min_crop_scale)
+        self.eval_transform = eval_transform or build_transform(False, image_size, mean, std)
 
     @property
     def classnames(self) -> list[str]:
@@ -79,35 +68,40 @@ class ClassificationDataModule(L.LightningDataModule):
     def num_classes(self) -> int:
         return self.splits.num_classes
 
-    def setup(self, stage: str | None = None) -> None:
-        self.splits  # noqa: B018 - resolve lazily-provided splits once per process
+    def split_sizes(self) -> dict[str, int]:
+        return self.splits.sizes()
 
-    def _loader(self, items: list[Datum], transform, batch_size: int, sampler,
-                drop_last: bool) -> DataLoader:
+    def _loader(self, items: list[Datum], transform, batch_size: int, sampler, drop_last: bool,
+                split: str) -> DataLoader:
         return DataLoader(
-            ImageDataset(items, transform),
+            ImageDataset(items, transform, skip_corrupt=self.skip_corrupt),
             batch_size=batch_size,
             sampler=sampler,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             drop_last=drop_last,
             persistent_workers=self.num_workers > 0,
+            collate_fn=collate_for(split, self.skip_corrupt),
+            generator=self.loader_generator(),
         )
 
     def train_dataloader(self) -> DataLoader:
         items = self.splits.train
         if not items:
             raise ValueError("the train split is empty; this dataset is evaluation-only")
-        sampler = EpochSeededSampler(len(items), seed=self.seed, shuffle=True)
+        sampler = EpochSeededSampler(len(items), seed=self.seed, shuffle=True, keyed=True)
+        self.position_sampler(sampler, self.batch_size)
         drop_last = len(sampler) >= self.batch_size if self.drop_last is None else self.drop_last
-        return self._loader(items, self.train_transform, self.batch_size, sampler, drop_last)
+        return self._loader(items, self.train_transform, self.batch_size, sampler, drop_last, "train")
 
-    def _eval_loader(self, items: list[Datum]) -> DataLoader:
+    def _eval_loader(self, items: list[Datum], split: str) -> DataLoader:
         sampler = EpochSeededSampler(len(items), seed=self.seed, shuffle=False, pad=False)
-        return self._loader(items, self.eval_transform, self.eval_batch_size, sampler, False)
+        return self._loader(items, self.eval_transform, self.eval_batch_size, sampler, False, split)
 
     def val_dataloader(self) -> DataLoader:
-        return self._eval_loader(self.splits.val or self.splits.test)
+        if self.splits.val:
+            return self._eval_loader(self.splits.val, "val")
+        return self._eval_loader(self.splits.test, "test")
 
     def test_dataloader(self) -> DataLoader:
-        return self._eval_loader(self.splits.test)
+        return self._eval_loader(self.splits.test, "test")

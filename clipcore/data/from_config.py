@@ -27,8 +27,9 @@ def read_splits(data_cfg, seed: int, info: DatasetInfo | None = None) -> Dataset
 
 def classification_datamodule(cfg, image_size: int) -> ClassificationDataModule:
     data = cfg.data
+    # Read now: a missing folder or split file fails before a run folder exists.
     return ClassificationDataModule(
-        lambda: read_splits(data, cfg.seed),
+        read_splits(data, cfg.seed),
         batch_size=data.batch_size,
         eval_batch_size=data.eval_batch_size,
         num_workers=data.num_workers,
@@ -36,4 +37,6 @@ def classification_datamodule(cfg, image_size: int) -> ClassificationDataModule:
         mean=data.normalization,
         min_crop_scale=data.min_crop_scale,
         seed=cfg.seed,
+        skip_corrupt=data.skip_corrupt,
+        max_corrupt_fraction=data.max_corrupt_fraction,
     )

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from .records import DataError, Datum
+from .records import CorruptImageError, DataError, Datum
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
@@ -24,7 +24,8 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     except FileNotFoundError:
         raise DataError(f"image file not found: {path}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"could not decode image {path}: {exc}") from exc
+        raise CorruptImageError(f"could not decode image {path}: {exc} (set data.skip_corrupt=true "
+                                f"to skip undecodable images)", str(path)) from exc
 
 
 def _hint_suffix(hint: str | None) -> str:
