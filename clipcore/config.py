@@ -19,10 +19,13 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from clipcore.errors import UserError
+from clipcore.io import atomic_write_text
+
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration file or override is invalid; the message names the key and the source."""
 
 
@@ -54,6 +57,10 @@ class DataConfig:
     normalization: str = "clip"
     # Smallest crop of the random-resized-crop augmentation (Dassl: 0.08).
     min_crop_scale: float = 0.08
+    # Skip undecodable images (each is logged) instead of stopping; fail when more than
+    # max_corrupt_fraction of a split is skipped.
+    skip_corrupt: bool = False
+    max_corrupt_fraction: float = 0.01
     # Generalized category discovery only.
     prop_train_labels: float = 0.5
     split_follows_seed: bool = False
@@ -97,10 +104,16 @@ class TrainerConfig:
 
 @dataclass
 class CheckpointConfig:
-    # Metric that selects the best checkpoint (None: keep only last.ckpt).
+    """``last.ckpt`` is written at the end of every epoch, and also every ``every_n_steps``
+    optimiser steps and/or ``every_n_minutes`` when set (long epochs); best-k is separate."""
+
+    every_n_steps: Optional[int] = None
+    every_n_minutes: Optional[float] = None
+    # Metric that selects the best-k checkpoints best-*.ckpt (None: none are kept).
     monitor: Optional[str] = None
     mode: str = "max"
     save_top_k: int = 1
+    # How often best-k is considered, in epochs.
     every_n_epochs: int = 1
 
 
@@ -125,8 +138,10 @@ class RunConfig:
     experiment: str = "default"
     seed: int = 1
     output_dir: str = "runs"
-    # Checkpoint path to resume from, or "last" for the newest run of this experiment.
+    # "last" (the newest run of this experiment), a run folder, or a checkpoint file.
     resume: Optional[str] = None
+    # Config keys a resume may change (e.g. [trainer.max_epochs]; "section.*" for a section).
+    resume_allow: list = field(default_factory=list)
     # Write an export of the learned state at the end of training.
     export: bool = True
     student: BackboneConfig = field(default_factory=BackboneConfig)
@@ -240,7 +255,4 @@ def from_plain(data: dict) -> DictConfig:
 
 
 def save_config(cfg: DictConfig, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    tmp.replace(path)
+    atomic_write_text(path, OmegaConf.to_yaml(cfg, resolve=True))

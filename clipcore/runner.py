@@ -1,28 +1,51 @@
-"""What ``train.py`` and ``eval.py`` share: trainer construction, evaluation and metric files.
+"""What ``train.py`` and ``eval.py`` share: the life of a run, evaluation and metric files.
 
-The entry points import the method packages (which register themselves) and call these.
+A training run (``train``):
+
+1. the plan (``clipcore.resume``): a new run, a resume, or "already finished";
+2. the method is built (data read, backbones loaded): a mistake here leaves no run folder;
+3. the run folder is opened, the attempt recorded in ``status.json``, stop signals caught;
+4. fit, with ``last.ckpt`` written at every epoch end (and every N steps / minutes, and on a
+   stop signal); then test metrics and the export;
+5. the attempt ends as finished, preempted (exit 128 + signal) or failed (exit 2 for a user
+   error), with one line in ``train.log``. A first attempt that fails before its first
+   optimisation step removes its run folder: it holds nothing but its config and the error.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import shutil
+import signal
+import warnings
 from pathlib import Path
+from typing import Optional
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig
 
-from clipcore.checkpoint import AtomicCheckpointIO, RNGStateCallback
+from clipcore.checkpoint_file import load_checkpoint
+from clipcore.checkpointing import AtomicCheckpointIO, RNGStateCallback, RunCheckpoint, remove_stale_temporary_files
 from clipcore.config import from_plain, load_config, save_config, to_plain
+from clipcore.errors import UserError, user_message
 from clipcore.export import read_export, write_export
-from clipcore.logging import build_loggers
+from clipcore.io import atomic_write_text
+from clipcore.logging import build_loggers, finish_wandb
 from clipcore.module import ClipMethodModule, check_fingerprints
 from clipcore.registry import get_method
-from clipcore.rundir import RUN_DIR_ENV, latest_checkpoint, new_run_dir, run_dir_of_checkpoint
+from clipcore.resume import RunPlan, plan_run
+from clipcore.rundir import (ATTEMPT_ENV, CHECKPOINT_DIR, RESUME_CKPT_ENV, RUN_DIR_ENV, launch_rank,
+                             new_run_dir)
+from clipcore.signals import RunPreempted, StopRequest, requeue_slurm_job, signal_name
+from clipcore.status import FAILED, FINISHED, PREEMPTED, begin_attempt, end_attempt
 
 log = logging.getLogger(__name__)
+
+# Lightning warns on every mid-epoch resume unless the DataLoader itself is stateful; here the
+# datamodule carries the position (clipcore.data.resume), so the resume is exact.
+warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
 
 
 def trainer_kwargs(cfg: DictConfig) -> dict:
@@ -37,22 +60,28 @@ def trainer_kwargs(cfg: DictConfig) -> dict:
         accumulate_grad_batches=t.accumulate_grad_batches, enable_progress_bar=t.enable_progress_bar,
         # Our samplers shard across ranks themselves (deterministic per seed and epoch).
         use_distributed_sampler=False,
-        plugins=[AtomicCheckpointIO()],
+        plugins=_plugins(),
     )
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path, loggers: list) -> L.Trainer:
+def _plugins() -> list:
+    plugins: list = [AtomicCheckpointIO()]
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    if SLURMEnvironment.detect():
+        # Our own SIGUSR1 handling checkpoints at a step boundary and then requeues
+        # (clipcore.signals); Lightning's would save from inside the signal handler, mid-step.
+        plugins.append(SLURMEnvironment(auto_requeue=False))
+    return plugins
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path, loggers: list, stop: StopRequest) -> L.Trainer:
     ck = cfg.checkpoint
-    checkpointing = ModelCheckpoint(
-        dirpath=str(run_dir / "checkpoints"),
-        filename="best-{epoch:03d}",
-        monitor=ck.monitor,
-        mode=ck.mode,
-        save_top_k=ck.save_top_k if ck.monitor else 0,
-        save_last=True,
-        every_n_epochs=ck.every_n_epochs,
-    )
-    callbacks = [checkpointing, RNGStateCallback()]
+    callbacks = [RunCheckpoint(run_dir, stop, ck.every_n_steps, ck.every_n_minutes), RNGStateCallback()]
+    if ck.monitor:  # best-k, independent of last.ckpt
+        callbacks.append(ModelCheckpoint(dirpath=str(run_dir / CHECKPOINT_DIR), filename="best-{epoch:03d}",
+                                         monitor=ck.monitor, mode=ck.mode, save_top_k=ck.save_top_k,
+                                         save_last=False, every_n_epochs=ck.every_n_epochs))
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
     return L.Trainer(default_root_dir=str(run_dir), logger=loggers or False, callbacks=callbacks,
@@ -65,51 +94,119 @@ def file_log_handler(path: Path) -> logging.Handler:
     return handler
 
 
-def resolve_resume(cfg: DictConfig) -> tuple[Path | None, Path | None]:
-    """``(checkpoint, run_dir)`` for ``cfg.resume``; the run dir is reused when the ckpt is inside one."""
-    if not cfg.resume:
-        return None, None
-    ckpt = latest_checkpoint(cfg.output_dir, cfg.experiment) if cfg.resume == "last" else Path(cfg.resume)
-    if not ckpt.is_file():
-        raise FileNotFoundError(f"resume={cfg.resume}: checkpoint file {ckpt} not found")
-    return ckpt, run_dir_of_checkpoint(ckpt)
+def train(cfg: DictConfig, plan: Optional[RunPlan] = None) -> Path:
+    """Fit ``cfg.method``, evaluate, export; returns the run directory.
 
-
-def train(cfg: DictConfig) -> Path:
-    """Fit ``cfg.method``, evaluate, export; returns the run directory."""
-    ckpt, run_dir = resolve_resume(cfg)
-    run_dir = run_dir or new_run_dir(cfg.output_dir, cfg.experiment)
-    os.environ[RUN_DIR_ENV] = str(run_dir)  # DDP worker processes write into the same folder
+    Raises :class:`RunPreempted` after a stop signal (the checkpoint is saved) and re-raises
+    any failure after recording it in ``status.json`` and ``train.log``.
+    """
+    plain = to_plain(cfg)
+    plan = plan or plan_run(cfg, plain)
+    if plan.finished:
+        log.info("%s has already finished (status.json); nothing to train", plan.run_dir)
+        return plan.run_dir
+    L.seed_everything(cfg.seed, workers=True)
+    module, datamodule = get_method(cfg.method).build(cfg)
+    run_dir = plan.run_dir or plan.new_dir or new_run_dir(cfg.output_dir, cfg.experiment)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    rank_zero = launch_rank() == 0
     handler = file_log_handler(run_dir / "train.log")
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(min(root.level, logging.INFO) if root.level else logging.INFO)
+    inherited = {k: os.environ.get(k) for k in (RUN_DIR_ENV, RESUME_CKPT_ENV, ATTEMPT_ENV)}
+    stop = StopRequest().install()
+    trainer_box: list[L.Trainer] = []
     try:
-        return _train_in(cfg, run_dir, ckpt)
+        if rank_zero:
+            attempt = begin_attempt(run_dir, cfg, plan.checkpoint)
+            save_config(cfg, run_dir / "config.yaml")
+            for stale in remove_stale_temporary_files(run_dir):
+                log.warning("removed %s, left by a process that died while writing a checkpoint", stale)
+            for key, (old, new) in plan.changes.items():
+                log.info("resumed with %s changed: %r -> %r (resume_allow)", key, old, new)
+        else:
+            attempt = int(os.environ.get(ATTEMPT_ENV, "0"))
+        # DDP worker processes re-run the command line: they join this folder and checkpoint.
+        os.environ.update({RUN_DIR_ENV: str(run_dir), ATTEMPT_ENV: str(attempt)})
+        if plan.checkpoint:
+            os.environ[RESUME_CKPT_ENV] = str(plan.checkpoint)
+        log.info("run directory: %s (attempt %d%s)", run_dir, attempt,
+                 f", resuming {plan.checkpoint}" if plan.checkpoint else "")
+        _fit_test_export(cfg, module, datamodule, run_dir, plan.checkpoint, attempt, stop, trainer_box)
+    except RunPreempted as exc:
+        _record_preemption(run_dir, rank_zero, exc)
+        raise
+    except KeyboardInterrupt:  # a second Ctrl+C: stopped at once, without a checkpoint
+        _record_preemption(run_dir, rank_zero, RunPreempted(signal.SIGINT, "interrupted (second Ctrl+C)"))
+        raise
+    except BaseException as exc:
+        _record_failure(run_dir, rank_zero, exc, attempt_started=bool(trainer_box and trainer_box[0].global_step))
+        raise
+    else:
+        if rank_zero:
+            end_attempt(run_dir, FINISHED, exit_code=0)
     finally:
-        os.environ.pop(RUN_DIR_ENV, None)
+        stop.restore()
+        for key, value in inherited.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
         root.removeHandler(handler)
         handler.close()
+    return run_dir
 
 
-def _train_in(cfg: DictConfig, run_dir: Path, ckpt: Path | None) -> Path:
-    if not (run_dir / "config.yaml").exists():
-        save_config(cfg, run_dir / "config.yaml")
-    L.seed_everything(cfg.seed, workers=True)
-
-    module, datamodule = get_method(cfg.method).build(cfg)
-    config_dict = to_plain(cfg)
-    trainer = build_trainer(cfg, run_dir, build_loggers(cfg, run_dir, config_dict))
-    log.info("run directory: %s", run_dir)
+def _fit_test_export(cfg, module, datamodule, run_dir: Path, ckpt: Optional[Path], attempt: int,
+                     stop: StopRequest, trainer_box: list) -> None:
+    loggers = build_loggers(cfg, run_dir, to_plain(cfg), attempt)
+    trainer = build_trainer(cfg, run_dir, loggers, stop)
+    trainer_box.append(trainer)
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None)
-    if trainer.interrupted:
-        return run_dir
+    if stop.requested:  # after the last checkpoint, before the (possibly long) evaluation
+        raise RunPreempted(stop.signum, f"received {signal_name(stop.signum)} after training; "
+                                        f"the final evaluation runs when the run is resumed")
     results = trainer.test(module, datamodule=datamodule, verbose=False)
     if trainer.is_global_zero:
         write_metrics(merge_results(results), run_dir / "eval", title=f"{cfg.method} on {cfg.data.name}")
         if cfg.export and not cfg.trainer.fast_dev_run:
             export_module(module, unused_path(run_dir / "exports" / "final"))
-    return run_dir
+
+
+def _record_preemption(run_dir: Path, rank_zero: bool, exc: RunPreempted) -> None:
+    finish_wandb(exc.exit_code)
+    if not rank_zero:
+        return
+    requeued = exc.signum == getattr(signal, "SIGUSR1", None) and requeue_slurm_job()
+    end_attempt(run_dir, PREEMPTED, signal_name(exc.signum), exc.exit_code)
+    log.warning("%s; exit status %d%s. Resume with the same command and resume=%s", exc,
+                exc.exit_code, "; SLURM job requeued" if requeued else "", run_dir)
+
+
+def _record_failure(run_dir: Path, rank_zero: bool, exc: BaseException, attempt_started: bool) -> None:
+    user = isinstance(exc, UserError)
+    exit_code = 2 if user else 1
+    finish_wandb(exit_code)
+    if not rank_zero:
+        return
+    message = user_message(exc) if user else f"{type(exc).__name__}: {exc}"
+    if user:
+        log.error("error: %s", message, extra={"file_only": True})
+    else:
+        log.exception("training failed")
+    end_attempt(run_dir, FAILED, message, exit_code)
+    if not attempt_started and _is_first_attempt_without_checkpoint(run_dir):
+        shutil.rmtree(run_dir, ignore_errors=True)
+        log.info("removed %s: its first attempt failed before training started", run_dir)
+
+
+def _is_first_attempt_without_checkpoint(run_dir: Path) -> bool:
+    from clipcore.status import read_status
+
+    status = read_status(run_dir) or {}
+    checkpoints = run_dir / CHECKPOINT_DIR
+    return len(status.get("attempts", [])) <= 1 and not (checkpoints.is_dir() and any(checkpoints.iterdir()))
 
 
 def unused_path(path: Path) -> Path:
@@ -130,13 +227,9 @@ def merge_results(results: list[dict]) -> dict[str, float]:
 
 def write_metrics(metrics: dict[str, float], out_dir: Path, title: str = "metrics") -> None:
     """``metrics.json`` and a readable ``metrics.md`` table (written atomically)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in sorted(metrics.items()))
-    for name, text in (("metrics.json", json.dumps(metrics, indent=2, sort_keys=True)),
-                       ("metrics.md", f"# {title}\n\n| metric | value |\n|---|---|\n{rows}\n")):
-        tmp = out_dir / f".{name}.tmp"
-        tmp.write_text(text)
-        tmp.replace(out_dir / name)
+    atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True))
+    atomic_write_text(out_dir / "metrics.md", f"# {title}\n\n| metric | value |\n|---|---|\n{rows}\n")
 
 
 def export_module(module: ClipMethodModule, directory: Path) -> Path:
@@ -148,23 +241,15 @@ def export_module(module: ClipMethodModule, directory: Path) -> Path:
     return path
 
 
-def load_checkpoint_file(path: Path) -> dict:
-    """Our checkpoints hold tensors and plain containers only, so the safe loader suffices."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - re-raised with the file named
-        raise RuntimeError(f"could not read checkpoint {path}: {exc}") from exc
-
-
 def module_from_checkpoint(path: Path, files: list[str] = (), overrides: list[str] = ()):
-    ckpt = load_checkpoint_file(path)
+    ckpt = load_checkpoint(path)
     cfg = load_config(files, overrides, base=from_plain(ckpt["hyper_parameters"]["config"]))
     module, datamodule = get_method(cfg.method).build(cfg)
     module.on_load_checkpoint(ckpt)
     try:
         module.load_state_dict(ckpt["state_dict"], strict=False)
     except RuntimeError as exc:
-        raise RuntimeError(f"{path}: trained tensors do not fit this configuration: {exc}") from exc
+        raise UserError(f"{path}: trained tensors do not fit this configuration: {exc}") from exc
     return cfg, module, datamodule
 
 
@@ -179,7 +264,8 @@ def module_from_export(directory: Path, files: list[str] = (), overrides: list[s
 
 def evaluate(cfg: DictConfig, module: ClipMethodModule, datamodule, out_dir: Path) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
-    trainer = L.Trainer(default_root_dir=str(out_dir), logger=False, **trainer_kwargs(cfg))
+    trainer = L.Trainer(default_root_dir=str(out_dir), logger=False, enable_checkpointing=False,
+                        **trainer_kwargs(cfg))
     metrics = merge_results(trainer.test(module, datamodule=datamodule, verbose=False))
     if trainer.is_global_zero:
         write_metrics(metrics, out_dir, title=f"{cfg.method} on {cfg.data.name}")

@@ -72,7 +72,9 @@ class PromptLearningModule(ClipMethodModule):
             self.learner.set_classnames(self.train_classnames if which == "train" else self.eval_classnames)
             self._active_classes = which
 
-    def on_train_epoch_start(self) -> None:
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        # Per batch, not per epoch: a run resumed mid-epoch gets no on_train_epoch_start, and
+        # validation in between switched to the evaluation classes. A no-op when already set.
         self._use_classes("train")
 
     def on_validation_start(self) -> None:

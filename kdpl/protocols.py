@@ -38,7 +38,9 @@ from typing import Iterable, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from clipcore.config import CONFIG_DIR, ConfigError, load_config, save_config, to_plain
-from clipcore.rundir import experiment_dir, new_run_dir
+from clipcore.resume import comparable, newest_intact_checkpoint
+from clipcore.rundir import new_run_dir, run_folders
+from clipcore.status import FINISHED, read_status
 from kdpl.methods import LEARNERS
 from kdpl.results import SeedResult, aggregate, to_csv, to_markdown
 
@@ -106,25 +108,20 @@ def cell_config(protocol: str, spec: MethodSpec, dataset: str, seed: int, files:
     return load_config([*base, *files], [*overrides, *forced])
 
 
-def _comparable(cfg: DictConfig | dict) -> dict:
-    plain = to_plain(cfg) if isinstance(cfg, DictConfig) else dict(cfg)
-    plain.pop("resume", None)
-    return plain
-
-
 def find_run(cfg: DictConfig) -> tuple[Optional[Path], bool]:
-    """``(run_dir, finished)`` of the newest run of ``cfg.experiment`` stored with this very config."""
-    want = _comparable(cfg)
-    runs = sorted(experiment_dir(cfg.output_dir, cfg.experiment).glob("*/config.yaml"), reverse=True)
-    for stored in runs:
-        if _comparable(OmegaConf.to_container(OmegaConf.load(stored))) != want:
+    """``(run_dir, finished)`` of the newest run of ``cfg.experiment`` stored with this very config
+    (compared as ``resume`` compares: logging and loader settings aside). A run that failed
+    without a checkpoint is never picked."""
+    want = comparable(to_plain(cfg))
+    for run in reversed(run_folders(cfg.output_dir, cfg.experiment)):
+        if comparable(OmegaConf.to_container(OmegaConf.load(run / "config.yaml"))) != want:
             continue
-        run = stored.parent
         if cfg.method == "zeroshot":
             return run, True
-        if (run / "eval" / "metrics.json").is_file():
+        status = read_status(run)
+        if status is not None and status["status"] == FINISHED:
             return run, True
-        if (run / "checkpoints" / "last.ckpt").is_file():
+        if newest_intact_checkpoint(run) is not None:
             return run, False
     return None, False
 
@@ -143,7 +140,7 @@ def ensure_run(cfg: DictConfig) -> Path:
         return run
     if run is not None:
         log.info("resuming the interrupted run %s", run)
-        cfg = load_config([], [f"resume={run / 'checkpoints' / 'last.ckpt'}"], base=cfg.copy())
+        cfg = load_config([], [f"resume={run}"], base=cfg.copy())
     return runner.train(cfg)
 
 
@@ -257,7 +254,7 @@ def _split(text: Optional[str]) -> Optional[list[str]]:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    from clipcore.cli import add_config_arguments, prepare_environment, register_methods
+    from clipcore.cli import add_config_arguments, prepare_environment, run_guarded
 
     parser = argparse.ArgumentParser(prog="python -m kdpl.protocols", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -280,22 +277,25 @@ def main(argv: Optional[list[str]] = None) -> int:
         for protocol, folder in written.items():
             print(f"## {protocol} ({folder})\n\n{(folder / 'results.md').read_text()}")
         return 0
-    register_methods()
     try:
         seeds = [int(s) for s in _split(args.seeds)]
     except ValueError:
         parser.error(f"--seeds {args.seeds!r}: expected comma-separated integers")
-    try:  # command-line mistakes fail before the first (long) training
+
+    def run() -> int:
+        import clipcore.synthetic.dataset  # noqa: F401  (the methods and datasets a cell may use)
+        import clipcore.zeroshot  # noqa: F401
+        import kdpl.methods  # noqa: F401
+
         methods = _split(args.methods)
-        for method in methods:
+        for method in methods:  # command-line mistakes fail before the first (long) training
             parse_method(method)
         _, folder = run_protocol(args.protocol, methods, _split(args.datasets), seeds,
                                  args.config, args.overrides, args.source)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"## {args.protocol} ({folder})\n\n{(folder / 'results.md').read_text()}")
-    return 0
+        print(f"## {args.protocol} ({folder})\n\n{(folder / 'results.md').read_text()}")
+        return 0
+
+    return run_guarded(run, debug=args.debug)
 
 
 if __name__ == "__main__":

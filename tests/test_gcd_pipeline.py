@@ -13,34 +13,16 @@ import torch
 from clipcore import runner
 from clipcore.backbone import ClipBackbone
 from clipcore.build import backbone_from_config
-from clipcore.cli import register_methods
+from clipdistill.app import register_methods
 from clipcore.config import load_config
 from clipcore.export import read_export
 from clipcore.registry import get_method
 from gcd_layouts import CONCEPTS, GCD_CLASSES, GCD_KNOWN, write_dictionary, write_gcd_image_folder
-from training_helpers import TINY, TINY_TEACHER
+from training_helpers import epochs_done, gcd_overrides
 
 register_methods()
 REPO = Path(__file__).resolve().parents[1]
 METHOD_YAML = str(REPO / "configs" / "method" / "spectralgcd.yaml")
-
-
-def gcd_overrides(root: Path, data: Path, dictionary: Path, **extra) -> list[str]:
-    """A quick CPU run of 2 epochs x 4 steps (36 train images, batches of 8)."""
-    base = {
-        "method": "spectralgcd", "experiment": "gcd", "output_dir": str(root / "runs"), "seed": 3,
-        "student.name": "tiny", "student.config": str(TINY), "student.pretrained": "null",
-        "teacher.name": "tiny-teacher", "teacher.config": str(TINY_TEACHER), "teacher.pretrained": "null",
-        "data.name": "image_folder", "data.root": str(data), "data.batch_size": 8,
-        "data.eval_batch_size": 16, "data.num_workers": 0,
-        "trainer.accelerator": "cpu", "trainer.precision": "32-true", "trainer.max_epochs": 2,
-        "trainer.check_val_every_n_epoch": 1, "trainer.enable_progress_bar": False,
-        "trainer.deterministic": True, "trainer.log_every_n_steps": 1, "logger.wandb.mode": "disabled",
-        "gcd.dictionary": str(dictionary), "gcd.teacher_cache_dir": str(root / "cache"),
-        "gcd.feature_dim": 32, "gcd.head_hidden_dim": 64, "gcd.head_bottleneck_dim": 32,
-    }
-    base.update({k.replace("__", "."): v for k, v in extra.items()})
-    return [f"{k}={v}" for k, v in base.items()]
 
 
 def make_config(*args, **extra):
@@ -186,8 +168,8 @@ def test_resume_equals_uninterrupted_run_and_reuses_the_teacher_cache(tmp_path):
 
     full = train("a")
     part = train("b", trainer__max_steps=4)  # stops after the first of two 4-step epochs
-    assert torch.load(part / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1
-    resumed = train("b", resume=part / "checkpoints" / "last.ckpt")
+    assert epochs_done(torch.load(part / "checkpoints" / "last.ckpt", weights_only=True)) == 1
+    resumed = train("b", resume=part / "checkpoints" / "last.ckpt", resume_allow="[trainer.max_steps]")
     assert resumed == part
     a = torch.load(full / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     b = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]

@@ -17,10 +17,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from clipcore import runner
-from clipcore.cli import register_methods
-from clipcore.config import CONFIG_DIR, load_config
+from clipdistill.app import register_methods
+from clipcore.config import load_config
 from clipcore.data.datamodule import ClassificationDataModule
-from training_helpers import CLASSES, overrides, tiny_dataset
+from training_helpers import (CLASSES, DICTIONARY, epochs_done, prompt_method_files, prompt_overrides,
+                              tiny_dataset, write_class_dictionary)
 
 register_methods()
 
@@ -29,18 +30,6 @@ from kdpl.module import PromptLearningModule  # noqa: E402
 
 LEARNERS = ("coop", "cocoop", "vpt", "maple", "promptsrc")
 OBJECTIVES = ("supervised", "kdpl", "kdpl_ca")
-# Small enough for the 2-block tiny model.
-PROMPT = {
-    "coop": {},
-    "cocoop": {},
-    "vpt": {"prompt.depth": 2, "prompt.vision_ctx": 2},
-    "maple": {"prompt.depth": 2, "prompt.n_ctx": 2},
-    # GPA centred on epoch 1 of 2, so the aggregate differs clearly from the last epoch.
-    "promptsrc": {"prompt.depth": 2, "prompt.vision_ctx": 2, "prompt.n_ctx": 4, "prompt.gpa_mean": 1.0},
-}
-DICTIONARY = ["apple", "tree", "house", "car", "boat", "river", "mountain", "chair", "lamp", "guitar",
-              "violin", "pizza", "bread", "castle", "bridge", "tiger", "zebra", "owl", "shark", "rose",
-              "tulip", "cactus", "rocket", "train", "bicycle", "helmet", "kettle", "clock", "piano", "drum"]
 
 
 @pytest.fixture(scope="module")
@@ -50,19 +39,12 @@ def data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def dictionary(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("dict") / "dictionary.csv"
-    path.write_text("ClassName\n" + "\n".join(DICTIONARY) + "\n")
-    return path
+    return write_class_dictionary(tmp_path_factory.mktemp("dict") / "dictionary.csv")
 
 
 def make_config(tmp_path, data, dictionary, learner="coop", objective="supervised", **extra):
-    files = [CONFIG_DIR / "method" / f"{learner}.yaml", CONFIG_DIR / "objective" / f"{objective}.yaml"]
-    settings = {"trainer__max_epochs": 2, "trainer__limit_train_batches": 2, "kdpl__k_max": 5,
-                "teacher__pretrained": "null",  # the objective files name the real DFN weights
-                "kdpl__dictionary": str(dictionary), "kdpl__text_cache_dir": str(tmp_path / "cache"),
-                "prompt__text_chunk_size": 64, **{k.replace(".", "__"): v for k, v in PROMPT[learner].items()}}
-    settings.update(extra)
-    return load_config(files, overrides(data, tmp_path / "runs", **settings))
+    return load_config(prompt_method_files(learner, objective),
+                       prompt_overrides(data, tmp_path / "runs", dictionary, tmp_path / "cache", learner, **extra))
 
 
 def last_ckpt(run_dir: Path) -> dict:
@@ -74,12 +56,13 @@ def last_ckpt(run_dir: Path) -> dict:
 def test_train_resume_export(tmp_path, data, dictionary, learner, objective):
     # Stopped after the first epoch (2 steps), as a pre-empted job would be.
     part = runner.train(make_config(tmp_path, data, dictionary, learner, objective, trainer__max_steps=2))
-    assert last_ckpt(part)["epoch"] == 1
+    assert epochs_done(last_ckpt(part)) == 1
     resumed = runner.train(make_config(tmp_path, data, dictionary, learner, objective,
-                                       resume=str(part / "checkpoints" / "last.ckpt")))
+                                       resume=str(part / "checkpoints" / "last.ckpt"),
+                                       resume_allow="[trainer.max_steps]"))
     assert resumed == part
     ckpt = last_ckpt(part)
-    assert ckpt["global_step"] == 4 and ckpt["epoch"] == 2
+    assert ckpt["global_step"] == 4 and epochs_done(ckpt) == 2
     assert ckpt["state_dict"] and all(k.startswith("learner.") for k in ckpt["state_dict"])
     assert 0.0 <= json.loads((part / "eval" / "metrics.json").read_text())["test/acc"] <= 1.0
 

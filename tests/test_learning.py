@@ -12,7 +12,6 @@ teacher-student KL on the base test images 1.66 -> 0.32 after KDPL, argmax agree
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest

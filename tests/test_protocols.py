@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from clipcore.cli import register_methods
+from clipdistill.app import register_methods
 from kdpl import protocols
 from kdpl.results import SeedResult, aggregate, harmonic_mean, to_csv, to_markdown
 from training_helpers import TINY, TINY_TEACHER, tiny_dataset
@@ -175,7 +175,10 @@ def test_xd_and_dg_share_the_source_run(tmp_path, two_datasets):
     assert run_dirs(out) == {run} and (run / "protocol-dg.json").is_file()
     assert "| Method | oxford_pets | dtd | Average |" in (out / "dg" / "results.md").read_text()
 
-    # An interrupted run (no final evaluation yet) with the same config is resumed in place.
+    # A run pre-empted after training, before its final evaluation, is resumed in place.
+    from clipcore.status import PREEMPTED, end_attempt
+
     (run / "eval" / "metrics.json").unlink()
+    end_attempt(run, PREEMPTED, "SIGTERM", 143)
     protocols.run_protocol("dg", ["coop+kdpl"], ["dtd"], [1], [], overrides, source="oxford_pets")
     assert run_dirs(out) == {run} and (run / "eval" / "metrics.json").is_file()

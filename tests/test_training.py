@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from clipcore.cli import register_methods
+from clipdistill.app import register_methods
 from clipcore.config import load_config
 from clipcore.export import read_export
 from clipcore.module import CheckpointMismatchError
 from clipcore import runner
-from training_helpers import TINY, overrides, tiny_dataset
+from training_helpers import epochs_done, overrides, tiny_dataset
 
 register_methods()
 REPO = Path(__file__).resolve().parents[1]
@@ -45,7 +45,7 @@ def test_fit_writes_run_directory_with_trainable_only_checkpoint(tmp_path, data)
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     # Only the learned context, never the frozen CLIP.
     assert set(ckpt["state_dict"]) == {"learner.ctx"}
-    assert ckpt["epoch"] == 2 and "optimizer_states" in ckpt and "backbone_fingerprints" in ckpt
+    assert epochs_done(ckpt) == 2 and "optimizer_states" in ckpt and "backbone_fingerprints" in ckpt
     assert not list((run_dir / "checkpoints").glob(".*tmp*"))  # atomic writes leave nothing behind
     tensors, meta = read_export(run_dir / "exports" / "final")
     assert set(tensors) == {"learner.ctx"} and meta["method"] == "coop"
@@ -64,9 +64,10 @@ def test_resume_equals_uninterrupted_run(tmp_path, data):
     full = run_train(tmp_path / "a", data__root=str(data), trainer__max_epochs=2)
     # Interrupted after the first epoch (4 steps of 4 images), same schedule as the full run.
     part = run_train(tmp_path / "b", data__root=str(data), trainer__max_epochs=2, trainer__max_steps=4)
-    assert torch.load(part / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1
+    assert epochs_done(torch.load(part / "checkpoints" / "last.ckpt", weights_only=True)) == 1
     resumed = run_train(tmp_path / "b", data__root=str(data), trainer__max_epochs=2,
-                        trainer__max_steps=-1, resume=str(part / "checkpoints" / "last.ckpt"))
+                        trainer__max_steps=-1, resume=str(part / "checkpoints" / "last.ckpt"),
+                        resume_allow="[trainer.max_steps]")
     assert resumed == part  # the run continues in its own folder
     a, b = learned(full / "checkpoints" / "last.ckpt"), learned(resumed / "checkpoints" / "last.ckpt")
     torch.testing.assert_close(a["learner.ctx"], b["learner.ctx"], rtol=0, atol=1e-6)
@@ -80,7 +81,8 @@ def test_resumed_epoch_runs_at_the_scheduled_rate(tmp_path, data):
     import csv
 
     part = run_train(tmp_path, trainer__max_epochs=1, optim__warmup_epochs=0)
-    run_train(tmp_path, trainer__max_epochs=4, resume=str(part / "checkpoints" / "last.ckpt"))
+    run_train(tmp_path, trainer__max_epochs=4, resume=str(part / "checkpoints" / "last.ckpt"),
+              resume_allow="[trainer.max_epochs]")
     # The first attempt's metrics survive the resume, which logs into metrics/1/.
     first = list(csv.DictReader(open(part / "metrics" / "0" / "metrics.csv")))
     assert [float(r["lr-SGD"]) for r in first if r.get("lr-SGD")] == [0.05]
@@ -94,10 +96,10 @@ def test_resumed_epoch_runs_at_the_scheduled_rate(tmp_path, data):
 
 def test_resume_last_finds_newest_run(tmp_path, data):
     first = run_train(tmp_path, trainer__max_epochs=1)
-    again = run_train(tmp_path, trainer__max_epochs=2, resume="last")
+    again = run_train(tmp_path, trainer__max_epochs=2, resume="last", resume_allow="[trainer.max_epochs]")
     assert again == first
     # The resumed run trained on to epoch 2 in the same folder.
-    assert torch.load(first / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 2
+    assert epochs_done(torch.load(first / "checkpoints" / "last.ckpt", weights_only=True)) == 2
 
 
 def test_resume_onto_another_backbone_is_refused(tmp_path, data):

@@ -7,9 +7,23 @@ from pathlib import Path
 from coop_layouts import write_coop_dataset
 
 TESTS_DIR = Path(__file__).resolve().parent
+REPO = TESTS_DIR.parent
+CONFIG_DIR = REPO / "configs"
 TINY = TESTS_DIR / "assets" / "tiny-clip.json"
 TINY_TEACHER = TESTS_DIR / "assets" / "tiny-teacher.json"
 CLASSES = ["cat", "dog", "bird", "fish"]
+# Prompt settings small enough for the 2-block tiny model.
+TINY_PROMPT = {
+    "coop": {},
+    "cocoop": {},
+    "vpt": {"prompt.depth": 2, "prompt.vision_ctx": 2},
+    "maple": {"prompt.depth": 2, "prompt.n_ctx": 2},
+    # GPA centred on epoch 1 of 2, so the aggregate differs clearly from the last epoch.
+    "promptsrc": {"prompt.depth": 2, "prompt.vision_ctx": 2, "prompt.n_ctx": 4, "prompt.gpa_mean": 1.0},
+}
+DICTIONARY = ["apple", "tree", "house", "car", "boat", "river", "mountain", "chair", "lamp", "guitar",
+              "violin", "pizza", "bread", "castle", "bridge", "tiger", "zebra", "owl", "shark", "rose",
+              "tulip", "cactus", "rocket", "train", "bicycle", "helmet", "kettle", "clock", "piano", "drum"]
 
 
 def tiny_dataset(root: Path, name: str = "oxford_pets", classes=CLASSES, n_train: int = 6) -> Path:
@@ -45,3 +59,49 @@ def overrides(data_root: Path, out: Path, **extra) -> list[str]:
     }
     base.update({k.replace("__", "."): v for k, v in extra.items()})
     return [f"{k}={json.dumps(v) if isinstance(v, (list, dict)) else v}" for k, v in base.items()]
+
+
+def epochs_done(checkpoint: dict) -> int:
+    """Completed epochs of a checkpoint, as the fit loop counts them (an epoch-end checkpoint is
+    written in ``on_train_epoch_end``, where Lightning's ``epoch`` field still names that epoch)."""
+    return checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"]
+
+
+def write_class_dictionary(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("ClassName\n" + "\n".join(DICTIONARY) + "\n")
+    return path
+
+
+def prompt_method_files(learner: str, objective: str) -> list[Path]:
+    return [CONFIG_DIR / "method" / f"{learner}.yaml", CONFIG_DIR / "objective" / f"{objective}.yaml"]
+
+
+def prompt_overrides(data_root: Path, out: Path, dictionary: Path, cache: Path, learner: str = "coop",
+                     **extra) -> list[str]:
+    """A quick CPU run of the shipped ``learner`` x objective configs on the tiny CLIPs."""
+    settings = {"trainer__max_epochs": 2, "trainer__limit_train_batches": 2, "kdpl__k_max": 5,
+                "teacher__pretrained": "null",  # the objective files name the real DFN weights
+                "kdpl__dictionary": str(dictionary), "kdpl__text_cache_dir": str(cache),
+                "prompt__text_chunk_size": 64,
+                **{k.replace(".", "__"): v for k, v in TINY_PROMPT[learner].items()}}
+    settings.update(extra)
+    return overrides(data_root, out, **settings)
+
+
+def gcd_overrides(root: Path, data: Path, dictionary: Path, **extra) -> list[str]:
+    """A quick CPU run of 2 epochs x 4 steps (36 train images, batches of 8)."""
+    base = {
+        "method": "spectralgcd", "experiment": "gcd", "output_dir": str(root / "runs"), "seed": 3,
+        "student.name": "tiny", "student.config": str(TINY), "student.pretrained": "null",
+        "teacher.name": "tiny-teacher", "teacher.config": str(TINY_TEACHER), "teacher.pretrained": "null",
+        "data.name": "image_folder", "data.root": str(data), "data.batch_size": 8,
+        "data.eval_batch_size": 16, "data.num_workers": 0,
+        "trainer.accelerator": "cpu", "trainer.precision": "32-true", "trainer.max_epochs": 2,
+        "trainer.check_val_every_n_epoch": 1, "trainer.enable_progress_bar": False,
+        "trainer.deterministic": True, "trainer.log_every_n_steps": 1, "logger.wandb.mode": "disabled",
+        "gcd.dictionary": str(dictionary), "gcd.teacher_cache_dir": str(root / "cache"),
+        "gcd.feature_dim": 32, "gcd.head_hidden_dim": 64, "gcd.head_bottleneck_dim": 32,
+    }
+    base.update({k.replace("__", "."): v for k, v in extra.items()})
+    return [f"{k}={v}" for k, v in base.items()]
