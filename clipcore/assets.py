@@ -195,7 +195,7 @@ def read_dictionary_csv(path: str | os.PathLike) -> list[str]:
     with open(path, newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
         if not reader.fieldnames or "ClassName" not in reader.fieldnames:
-            raise ValueError(f"{path}: expected a CSV with a 'ClassName' header, "
+            raise AssetError(f"{path}: expected a CSV with a 'ClassName' header, "
                              f"got header {reader.fieldnames}")
         return [str(row["ClassName"]) for row in reader]
 
@@ -234,7 +234,7 @@ def read_class_list_txt(path: str | os.PathLike) -> list[str]:
     names = path.read_text(encoding="utf-8").splitlines()
     blank = [i + 1 for i, name in enumerate(names) if not name.strip()]
     if blank:
-        raise ValueError(f"{path}: blank class name on line(s) {blank[:5]}")
+        raise AssetError(f"{path}: blank class name on line(s) {blank[:5]}")
     return names
 
 
@@ -252,7 +252,7 @@ def _plain_ints(value, where: str) -> list[int]:
     if not isinstance(value, (list, tuple)) or not all(
         isinstance(v, int) and not isinstance(v, bool) for v in value
     ):
-        raise ValueError(f"{where}: expected a list of class ids (ints)")
+        raise AssetError(f"{where}: expected a list of class ids (ints)")
     return [int(v) for v in value]
 
 
@@ -266,14 +266,14 @@ def load_ssb_split(path: str | os.PathLike) -> dict:
     try:
         data = _RestrictedUnpickler(io.BytesIO(path.read_bytes())).load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as err:
-        raise ValueError(f"{path}: not a valid SSB split file: {err}") from err
+        raise AssetError(f"{path}: not a valid SSB split file: {err}") from err
     if not isinstance(data, dict) or "known_classes" not in data or "unknown_classes" not in data:
-        raise ValueError(f"{path}: expected a dict with 'known_classes' and 'unknown_classes'")
+        raise AssetError(f"{path}: expected a dict with 'known_classes' and 'unknown_classes'")
     unknown = data["unknown_classes"]
     levels = ("Hard", "Medium", "Easy")
     missing = [k for k in levels if not isinstance(unknown, dict) or k not in unknown]
     if missing:
-        raise ValueError(f"{path}: 'unknown_classes' lacks difficulty level(s) {missing}")
+        raise AssetError(f"{path}: 'unknown_classes' lacks difficulty level(s) {missing}")
     result = dict(data)
     result["known_classes"] = _plain_ints(data["known_classes"], f"{path}: known_classes")
     result["unknown_classes"] = {

@@ -63,7 +63,7 @@ def _check_openai_text(model_cfg: dict, label: str) -> None:
     """Prompt learning edits token embeddings, which only the OpenAI-style text tower exposes."""
     text_cfg = model_cfg.get("text_cfg", {})
     if model_cfg.get("custom_text") or "multimodal_cfg" in model_cfg or text_cfg.get("hf_model_name"):
-        raise ValueError(f"Model '{label}' has a custom or Hugging Face text tower. {_TEXT_TOWER_MSG}")
+        raise BackboneLoadError(f"Model '{label}' has a custom or Hugging Face text tower. {_TEXT_TOWER_MSG}")
 
 
 def _read_config(config: dict | str | os.PathLike) -> tuple[dict, Optional[dict]]:
@@ -71,14 +71,14 @@ def _read_config(config: dict | str | os.PathLike) -> tuple[dict, Optional[dict]
     if not isinstance(config, dict):
         path = Path(config)
         if not path.is_file():
-            raise FileNotFoundError(f"Model config JSON not found: {path}")
+            raise BackboneLoadError(f"Model config JSON not found: {path}")
         config = json.loads(path.read_text())
     config = copy.deepcopy(config)
     preprocess = config.get("preprocess_cfg") if "model_cfg" in config else None
     model_cfg = config["model_cfg"] if "model_cfg" in config else config
     missing = [k for k in _REQUIRED_CFG_KEYS if k not in model_cfg]
     if missing:
-        raise ValueError(f"Model config lacks required keys {missing}; expected {list(_REQUIRED_CFG_KEYS)}")
+        raise BackboneLoadError(f"Model config lacks required keys {missing}; expected {list(_REQUIRED_CFG_KEYS)}")
     return model_cfg, preprocess
 
 
@@ -119,7 +119,7 @@ def load_backbone(name: str, pretrained: str | None = None, *, config: dict | st
         model_cfg, preprocess = _read_config(config)
         _check_openai_text(model_cfg, name)
         if pretrained is not None and not os.path.isfile(pretrained):
-            raise ValueError(f"With `config`, pretrained must be a weights file or None; got '{pretrained}'")
+            raise BackboneLoadError(f"With `config`, pretrained must be a weights file or None; got '{pretrained}'")
         try:
             with _seeded_random_init(name, pretrained):
                 model = open_clip.create_model(_BASE_NAME, pretrained=pretrained, device=device,
@@ -131,7 +131,7 @@ def load_backbone(name: str, pretrained: str | None = None, *, config: dict | st
 
     if name.startswith(LOCAL_DIR):
         if pretrained is not None:
-            raise ValueError("A local-dir: bundle carries its own weights; pass pretrained=None")
+            raise BackboneLoadError("A local-dir: bundle carries its own weights; pass pretrained=None")
         bundle = Path(name[len(LOCAL_DIR):]).expanduser()
         model, model_cfg = _create_local_dir(bundle, device)
         tokenizer = open_clip.get_tokenizer(LOCAL_DIR + str(bundle))
@@ -200,11 +200,11 @@ class ClipBackbone(nn.Module):
         missing = [a for a in ("token_embedding", "positional_embedding", "transformer", "ln_final",
                                "text_projection") if not hasattr(model, a)]
         if missing:
-            raise ValueError(f"Model '{name}' ({type(model).__name__}) lacks {missing}. {_TEXT_TOWER_MSG}")
+            raise BackboneLoadError(f"Model '{name}' ({type(model).__name__}) lacks {missing}. {_TEXT_TOWER_MSG}")
         if model.text_pool_type not in ("argmax", "eos"):
-            raise ValueError(f"Text pool type '{model.text_pool_type}' of '{name}' is not supported")
+            raise BackboneLoadError(f"Text pool type '{model.text_pool_type}' of '{name}' is not supported")
         if not model.transformer.batch_first:
-            raise ValueError(f"Text transformer of '{name}' is not batch-first")
+            raise BackboneLoadError(f"Text transformer of '{name}' is not batch-first")
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
@@ -240,7 +240,7 @@ class ClipBackbone(nn.Module):
 
     def _require_vit(self):
         if self._vision_error is not None:
-            raise ValueError(f"Block-level vision access for '{self.name}' is unsupported: {self._vision_error}")
+            raise BackboneLoadError(f"Block-level vision access for '{self.name}' is unsupported: {self._vision_error}")
         return self.model.visual
 
     # ----- attributes -----

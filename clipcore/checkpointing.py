@@ -27,6 +27,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, Checkpoint
 
 from clipcore.checkpoint_file import load_checkpoint
+from clipcore.config import ConfigError
 from clipcore.data.resume import training_position
 from clipcore.rundir import CHECKPOINT_DIR, LAST, PREVIOUS
 from clipcore.signals import RunPreempted, StopRequest, signal_name
@@ -82,9 +83,9 @@ class RunCheckpoint(Checkpoint):
     def __init__(self, run_dir: Path, stop: StopRequest, every_n_steps: Optional[int] = None,
                  every_n_minutes: Optional[float] = None):
         if every_n_steps is not None and every_n_steps < 1:
-            raise ValueError(f"checkpoint.every_n_steps={every_n_steps}: expected >= 1 or null")
+            raise ConfigError(f"checkpoint.every_n_steps={every_n_steps}: expected >= 1 or null")
         if every_n_minutes is not None and every_n_minutes <= 0:
-            raise ValueError(f"checkpoint.every_n_minutes={every_n_minutes}: expected > 0 or null")
+            raise ConfigError(f"checkpoint.every_n_minutes={every_n_minutes}: expected > 0 or null")
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / CHECKPOINT_DIR / LAST
         self.stop = stop

@@ -54,3 +54,23 @@ def user_message(exc: BaseException) -> str:
 
 def is_user_error(exc: BaseException) -> bool:
     return isinstance(exc, UserError)
+
+
+def list_difference(expected: list, actual: list, limit: int = 8) -> str:
+    """Where two name lists differ: missing and extra names, and the first differing index
+    (lists with the same names in another order differ only there)."""
+    missing = [x for x in expected if x not in set(actual)]
+    extra = [x for x in actual if x not in set(expected)]
+    parts = [f"{len(expected)} expected vs {len(actual)} given"]
+    if missing:
+        parts.append(f"missing {missing[:limit]}{' ...' if len(missing) > limit else ''}")
+    if extra:
+        parts.append(f"extra {extra[:limit]}{' ...' if len(extra) > limit else ''}")
+    first = next((i for i, (a, b) in enumerate(zip(expected, actual)) if a != b), None)
+    if first is None and len(expected) != len(actual):
+        first = min(len(expected), len(actual))
+    if first is not None:
+        a = expected[first] if first < len(expected) else "<end>"
+        b = actual[first] if first < len(actual) else "<end>"
+        parts.append(f"first difference at index {first}: {a!r} vs {b!r}")
+    return "; ".join(parts)

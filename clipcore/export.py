@@ -61,4 +61,8 @@ def read_export(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     for key in ("method", "config"):
         if key not in metadata:
             raise ExportError(f"{meta_file}: missing key '{key}'")
-    return load_file(str(weights_file)), metadata
+    try:
+        return load_file(str(weights_file)), metadata
+    except Exception as exc:  # safetensors raises its own error types for damaged files
+        raise ExportError(f"{weights_file} is not a readable safetensors file ({exc}); re-export it "
+                          f"with `eval.py export --ckpt <run>/checkpoints/last.ckpt`") from exc

@@ -14,6 +14,9 @@ from pathlib import Path
 
 from lightning.pytorch.loggers import CSVLogger, Logger
 
+from clipcore.rundir import launch_rank
+from clipcore.config import ConfigError
+
 log = logging.getLogger(__name__)
 
 WANDB_MODES = ("auto", "online", "offline", "disabled")
@@ -32,7 +35,7 @@ def _wandb_key_configured() -> bool:
 def resolve_wandb_mode(mode: str) -> str:
     """``auto`` becomes online with an API key, offline without; ``WANDB_MODE`` in the env wins."""
     if mode not in WANDB_MODES:
-        raise ValueError(f"logger.wandb.mode={mode!r}: expected one of {', '.join(WANDB_MODES)}")
+        raise ConfigError(f"logger.wandb.mode={mode!r}: expected one of {', '.join(WANDB_MODES)}")
     env = os.environ.get("WANDB_MODE")
     if env in ("disabled", "offline", "online"):
         return env
@@ -72,7 +75,7 @@ def build_loggers(cfg, run_dir: Path, config_dict: dict, attempt: int = 0) -> li
                 entity=cfg.logger.wandb.entity,
                 name=f"{cfg.experiment}/{run_dir.name}",
                 save_dir=str(run_dir),
-                id=wandb_run_id(run_dir, rank_zero=int(os.environ.get("LOCAL_RANK", "0") or 0) == 0),
+                id=wandb_run_id(run_dir, rank_zero=launch_rank() == 0),
                 resume="allow",
                 mode=mode,
                 tags=list(cfg.logger.wandb.tags),

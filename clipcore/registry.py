@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Callable
+from clipcore.config import ConfigError
 
 _METHODS: dict[str, "MethodEntry"] = {}
 
@@ -34,7 +35,7 @@ def register_method(name: str, module_class: type, description: str = "") -> Cal
 def get_method(name: str) -> MethodEntry:
     if name not in _METHODS:
         known = ", ".join(sorted(_METHODS)) or "(none registered)"
-        raise ValueError(f"unknown method {name!r} (config key 'method'). Registered methods: {known}")
+        raise ConfigError(f"unknown method {name!r} (config key 'method'). Registered methods: {known}")
     return _METHODS[name]
 
 

@@ -178,6 +178,10 @@ def plan_run(cfg, plain: dict) -> RunPlan:
 
     if checkpoint is None:
         checkpoint = newest_intact_checkpoint(run_dir)
+        if checkpoint is None and not cfg.resume:
+            # A SLURM job's own folder without a checkpoint yet (the job was requeued before its
+            # first one, or another task of this job just created it): start in it.
+            return RunPlan(new_dir=run_dir)
         if checkpoint is None:
             state = status["status"] if status else "unknown"
             raise ResumeError(f"{run_dir} (status {state}) has no intact checkpoint to resume from "

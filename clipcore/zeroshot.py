@@ -10,7 +10,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from clipcore.backbone import ClipBackbone
 from clipcore.build import backbone_from_config, fill_template
-from clipcore.config import to_plain
+from clipcore.config import ConfigError, to_plain
 from clipcore.data import get_dataset
 from clipcore.data.from_config import classification_datamodule
 from clipcore.module import ClipMethodModule
@@ -45,6 +45,8 @@ class ZeroShotModule(ClipMethodModule):
         return self.backbone.logit_scale.exp().float() * image @ self._text_features().t()
 
     def _eval_step(self, batch, stage: str) -> None:
+        if batch is None:  # every image of the batch was corrupt and skipped (data.skip_corrupt)
+            return
         self.accuracy(self(batch["image"]), batch["label"])
         self.log(f"{stage}/acc", self.accuracy, on_epoch=True, prog_bar=True, batch_size=len(batch["label"]))
 
@@ -61,7 +63,7 @@ class ZeroShotModule(ClipMethodModule):
 @register_method("zeroshot", ZeroShotModule, "zero-shot CLIP classification with the dataset's template")
 def build_zeroshot(cfg):
     if cfg.zeroshot.model not in ("student", "teacher"):
-        raise ValueError(f"zeroshot.model={cfg.zeroshot.model!r}: expected 'student' or 'teacher'")
+        raise ConfigError(f"zeroshot.model={cfg.zeroshot.model!r}: expected 'student' or 'teacher'")
     backbone = backbone_from_config(cfg[cfg.zeroshot.model])
     datamodule = classification_datamodule(cfg, backbone.image_size)
     info = get_dataset(cfg.data.name)

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from clipcore.data import (DataError, Datum, list_class_folders, list_images, require_dir,
-                           require_file)
+from clipcore.data import DataError, Datum, list_class_folders, require_dir, require_file
+from clipcore.data.readers import list_class_images
+from clipcore.config import ConfigError
 
 from .splits import (REFERENCE_SPLIT_SEED, ArrayImageSource, GCDSplits, RawGCDData, display_name,
                      make_gcd_splits)
@@ -65,7 +66,7 @@ def get_gcd_dataset(name: str) -> GCDDatasetInfo:
     try:
         return _READERS[name]
     except KeyError:
-        raise KeyError(f"unknown GCD dataset {name!r}; known: {', '.join(sorted(_READERS))}") \
+        raise ConfigError(f"unknown GCD dataset {name!r} (config key 'data.name'); known: {', '.join(sorted(_READERS))}") \
             from None
 
 
@@ -184,7 +185,7 @@ def imagenet_100_class_indices(seed: int = 0) -> list[int]:
 def _scan_classes(split_dir: Path, folders: Sequence[str], labels: Sequence[int],
                   classnames: Sequence[str]) -> list[Datum]:
     return [Datum(str(path), label, classnames[label])
-            for folder, label in zip(folders, labels) for path in list_images(split_dir / folder)]
+            for folder, label in zip(folders, labels) for path in list_class_images(split_dir / folder)]
 
 
 @register_gcd_dataset("imagenet_100", layout="<root>/{train,val}/<wnid>/*.JPEG (1000 wnids)")

@@ -22,6 +22,8 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
+FILTER_SUMMARY = "filter.json"
+
 
 def output_csv(cfg, out_dir: str | Path | None) -> Path:
     name = f"{cfg.data.name}_concepts.csv"
@@ -40,7 +42,8 @@ def run_filter(cfg, out_dir: str | Path | None = None) -> Path:
     from gcd.methods import device_for_teacher, read_concepts
     from gcd.spectral import SpectralAccumulator, plot_spectrum, write_concepts_csv
     from gcd.teacher_cache import image_concept_logits, teacher_text_features
-    from clipcore.assets import merge_concepts
+    from clipcore.assets import merge_concepts, sha256_of
+    from clipcore.io import atomic_write_text
 
     started = time.perf_counter()
     csv_path = output_csv(cfg, out_dir)
@@ -84,12 +87,12 @@ def run_filter(cfg, out_dir: str | Path | None = None) -> Path:
         "beta_e": cfg.gcd.beta_e, "beta_c": cfg.gcd.beta_c, "N": n_images, "K": len(concepts),
         "k_e": details.k_e, "n_keep": details.n_keep, "method": details.method,
         "concepts_csv": str(csv_path),
+        # Training warns when the CSV beside this file no longer has these bytes.
+        "concepts_sha256": sha256_of(csv_path),
         "seconds": {"text": round(t_text, 3), "images": round(t_images, 3),
                     "spectral": round(t_spectral, 3), "total": round(time.perf_counter() - started, 3)},
     }
-    tmp = csv_path.parent / ".filter.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    tmp.replace(csv_path.parent / "filter.json")
+    atomic_write_text(csv_path.parent / FILTER_SUMMARY, json.dumps(summary, indent=2))
     log.info("kept %d of %d concepts (k_e=%d) -> %s", details.n_keep, len(concepts), details.k_e, csv_path)
     return csv_path
 

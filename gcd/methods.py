@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import gc
+import json
+import logging
 from pathlib import Path
 
 import torch
 
-from clipcore.assets import ASSETS, asset_path, merge_concepts, read_dictionary_csv
+from clipcore.assets import ASSETS, asset_path, merge_concepts, read_dictionary_csv, sha256_of
 from clipcore.build import backbone_from_config
-from clipcore.config import to_plain
+from clipcore.config import ConfigError, to_plain
+from clipcore.data import DataError
 from clipcore.registry import register_method
 from gcd.config import concept_prompts, memax_weight, prompt_template
 from gcd.data import GCDDataModule
 from gcd.module import GCDModule
 from gcd.teacher_cache import teacher_representations
+
+log = logging.getLogger(__name__)
 
 
 def gcd_datamodule(cfg, image_size: int) -> GCDDataModule:
@@ -31,12 +36,26 @@ def read_concepts(name_or_path: str) -> list[str]:
     """A ``ClassName`` CSV from a path, else from the asset store (e.g. the Tags dictionary)."""
     path = Path(name_or_path).expanduser()
     if path.is_file():
+        _warn_if_edited_since_filtering(path)
         return read_dictionary_csv(path)
     if name_or_path in ASSETS:
         return read_dictionary_csv(asset_path(name_or_path))
-    raise FileNotFoundError(f"concept CSV {path} not found (gcd.concepts_csv / gcd.dictionary): "
+    raise DataError(f"concept CSV {path} not found (gcd.concepts_csv / gcd.dictionary): "
                             f"write it with `python -m gcd.filter`, or name a dictionary asset "
                             f"({', '.join(n for n in ASSETS if n.endswith('.csv'))})")
+
+
+def _warn_if_edited_since_filtering(csv_path: Path) -> None:
+    """``gcd.filter`` records the sha256 of the concept CSV it wrote in ``filter.json`` beside it."""
+    summary_path = csv_path.parent / "filter.json"
+    try:
+        summary = json.loads(summary_path.read_text())
+    except (OSError, ValueError):
+        return
+    expected = summary.get("concepts_sha256") if summary.get("concepts_csv") == str(csv_path) else None
+    if expected and expected != sha256_of(csv_path):
+        log.warning("%s differs from the list gcd.filter wrote (%s records another sha256): it was edited "
+                    "or damaged since; training on it as it is now", csv_path, summary_path)
 
 
 def training_concepts(section, old_classnames: list[str]) -> list[str]:
@@ -81,7 +100,7 @@ def teacher_representation_loader(cfg, datamodule: GCDDataModule, prompts: list[
 
 def build_gcd(cfg):
     if cfg.gcd.trainable_blocks < 0:
-        raise ValueError(f"gcd.trainable_blocks={cfg.gcd.trainable_blocks}: expected >= 0")
+        raise ConfigError(f"gcd.trainable_blocks={cfg.gcd.trainable_blocks}: expected >= 0")
     student = backbone_from_config(cfg.student)
     datamodule = gcd_datamodule(cfg, cfg.data.image_size or student.image_size)
     kwargs = {}

@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.utilities.data import dim_zero_cat
 
+from clipcore.errors import NonFiniteLossError, list_difference
+from clipcore.export import ExportError
 from clipcore.module import ClipMethodModule
 from clipcore.schedule import cosine_epoch_scheduler
 from clipcore.teacher import cached_text_features
@@ -149,8 +151,8 @@ class GCDModule(ClipMethodModule):
         terms = self.compute_losses(batch)
         loss = terms["loss"]
         if not torch.isfinite(loss):
-            parts = {k: float(v) for k, v in terms.items()}
-            raise FloatingPointError(f"non-finite training loss at epoch {self.current_epoch}, "
+            parts = {k: float(v.detach()) for k, v in terms.items()}
+            raise NonFiniteLossError(f"non-finite training loss at epoch {self.current_epoch}, "
                                      f"step {self.global_step}: {parts}")
         n = batch["label"].shape[0]
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=n)
@@ -177,6 +179,8 @@ class GCDModule(ClipMethodModule):
 
     # -- evaluation -----------------------------------------------------------------------------
     def _eval_step(self, batch, metrics: nn.ModuleList, dataloader_idx: int) -> None:
+        if batch is None:  # every image of the batch was corrupt and skipped (data.skip_corrupt)
+            return
         logits = self(batch["image"])["logits"]
         metrics[dataloader_idx].update(logits.argmax(dim=1), batch["label"], batch["is_old"])
 
@@ -233,11 +237,13 @@ class GCDModule(ClipMethodModule):
 
     def load_export(self, tensors: dict, metadata: dict) -> None:
         if metadata.get("concepts") != self.concepts:
-            raise ValueError("the export was trained on another concept list than this configuration "
-                             "builds (gcd.concepts_csv / gcd.dictionary); its list is in export.json")
-        if list(metadata.get("classnames", self.classnames)) != self.classnames:
-            raise ValueError(f"the export has classes {metadata['classnames'][:5]}..., this dataset "
-                             f"{self.classnames[:5]}...")
+            raise ExportError("the export was trained on another concept list than this configuration builds "
+                              "(gcd.concepts_csv / gcd.dictionary; its list is in export.json): "
+                              + list_difference(metadata.get("concepts") or [], self.concepts or []))
+        exported = list(metadata.get("classnames", self.classnames))
+        if exported != self.classnames:
+            raise ExportError("the export's classes differ from this dataset's (export.json 'classnames' "
+                              "vs data.name / data.root): " + list_difference(exported, self.classnames))
 
         def part(prefix: str) -> dict:
             return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}

@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from clipcore.data import DataError, Datum, load_image
+from clipcore.config import ConfigError
 
 # The reference reseeds with 0 inside `subsample_instances`, whatever --seed says.
 REFERENCE_SPLIT_SEED = 0
@@ -127,7 +128,7 @@ def subsample_instances(n: int, prop: float, seed: int = REFERENCE_SPLIT_SEED) -
     size=int(prop * n))`. A local `RandomState(s)` yields the same legacy Mersenne-Twister stream
     as the global `np.random.seed(s)`, without mutating global state."""
     if not 0.0 <= prop <= 1.0:
-        raise ValueError(f"prop_train_labels must be in [0, 1], got {prop}")
+        raise ConfigError(f"data.prop_train_labels must be in [0, 1], got {prop}")
     rng = np.random.RandomState(seed)
     return rng.choice(range(n), replace=False, size=(int(prop * n),))
 

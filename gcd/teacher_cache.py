@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from clipcore.teacher import cached_text_features, load_or_compute
+from clipcore.config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ def teacher_representations(teacher, prompts: list[str], loader, items, *, tau: 
     stay zero (training never draws them either).
     """
     if dtype not in DTYPES:
-        raise ValueError(f"gcd.teacher_cache_dtype={dtype!r}: expected one of {sorted(DTYPES)}")
+        raise ConfigError(f"gcd.teacher_cache_dtype={dtype!r}: expected one of {sorted(DTYPES)}")
     transform = getattr(loader.dataset, "transform", None)
     parts = cache_parts(teacher.fingerprint(), prompts, transform, tau, dataset, items,
                         image_source, dtype)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from typing import Any, Mapping, Optional
 
-from clipcore.config import register_config_section
+from clipcore.config import ConfigError, register_config_section
 
 OBJECTIVES = ("supervised", "kdpl", "kdpl_ca")
 
@@ -46,7 +46,7 @@ class PromptConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(cfg) - known)
         if unknown:
-            raise ValueError(f"Unknown prompt config keys {unknown}; expected some of {sorted(known)}")
+            raise ConfigError(f"Unknown prompt config keys {unknown}; expected some of {sorted(known)}")
         return cls(**dict(cfg))
 
     def with_defaults(self, defaults: Mapping[str, Any]) -> "PromptConfig":

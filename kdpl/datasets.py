@@ -14,7 +14,7 @@ from clipcore.data import (
     DatasetSplits,
     Datum,
     classnames_from_items,
-    list_images,
+    list_class_images,
     read_coop_split_json,
     read_image_folder,
     read_lines,
@@ -150,7 +150,7 @@ def read_imagenet_v2(root: Path) -> DatasetSplits:
     items = []
     for label, classname in enumerate(classnames):
         class_dir = require_dir(image_dir / str(label), f"imagenetv2 class {label} folder", hint)
-        items.extend(Datum(str(p), label, classname) for p in list_images(class_dir))
+        items.extend(Datum(str(p), label, classname) for p in list_class_images(class_dir))
     return _test_only(items, classnames)
 
 

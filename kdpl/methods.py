@@ -5,7 +5,7 @@ from pathlib import Path
 
 from clipcore.assets import asset_path, read_dictionary_csv
 from clipcore.build import backbone_from_config, fill_template
-from clipcore.config import to_plain
+from clipcore.config import ConfigError, to_plain
 from clipcore.data import get_dataset
 from clipcore.data.from_config import classification_datamodule
 from clipcore.registry import register_method
@@ -31,7 +31,7 @@ def load_dictionary(name_or_path: str) -> list[str]:
 def build_prompt_method(cfg):
     objective = cfg.kdpl.objective
     if objective not in OBJECTIVES:
-        raise ValueError(f"kdpl.objective={objective!r}: expected one of {', '.join(OBJECTIVES)}")
+        raise ConfigError(f"kdpl.objective={objective!r}: expected one of {', '.join(OBJECTIVES)}")
     student = backbone_from_config(cfg.student)
     datamodule = classification_datamodule(cfg, student.image_size)
     classnames = datamodule.classnames

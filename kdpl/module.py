@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
+from clipcore.errors import NonFiniteLossError
 from clipcore.module import ClipMethodModule
 from clipcore.schedule import cosine_epoch_scheduler
 from clipcore.teacher import cached_text_features
@@ -131,7 +132,7 @@ class PromptLearningModule(ClipMethodModule):
         loss = loss + reg
         logs.update({f"train/{k}": v.detach() for k, v in parts.items()})
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite training loss ({loss.item()}) at epoch {self.current_epoch}, "
+            raise NonFiniteLossError(f"non-finite training loss ({loss.item()}) at epoch {self.current_epoch}, "
                                      f"step {self.global_step}; last logged parts: {logs}")
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=len(images))
         self.log_dict(logs, batch_size=len(images))
@@ -157,6 +158,8 @@ class PromptLearningModule(ClipMethodModule):
 
     # -- evaluation -----------------------------------------------------------------------------
     def _eval_step(self, batch, metric, stage: str) -> None:
+        if batch is None:  # every image of the batch was corrupt and skipped (data.skip_corrupt)
+            return
         logits = self.learner(batch["image"]).logits
         metric(logits, batch["label"])
         self.log(f"{stage}/acc", metric, on_epoch=True, prog_bar=True, batch_size=len(batch["label"]))

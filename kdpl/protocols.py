@@ -193,7 +193,7 @@ def run_protocol(protocol: str, methods: list[str], datasets: Optional[list[str]
     ``datasets``: b2n the trained datasets (default the 11 CoOp datasets); xd/dg the targets.
     """
     if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {protocol!r}: expected one of {', '.join(PROTOCOLS)}")
+        raise ConfigError(f"unknown protocol {protocol!r}: expected one of {', '.join(PROTOCOLS)}")
     specs = [parse_method(m) for m in methods]
     seeds, files, overrides = list(seeds), list(files), list(overrides)
     default = {"b2n": B2N_DATASETS, "xd": XD_TARGETS, "dg": DG_TARGETS}[protocol]

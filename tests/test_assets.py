@@ -99,7 +99,7 @@ def test_dictionary_reader_and_merge_on_hand_made_file(tmp_path):
 
     bad = tmp_path / "bad.csv"
     bad.write_text("Name\nx\n", encoding="utf-8")
-    with pytest.raises(ValueError, match="ClassName"):
+    with pytest.raises(AssetError, match="ClassName"):
         read_dictionary_csv(bad)
 
 
@@ -133,19 +133,19 @@ class _Exploit:
 def test_restricted_unpickler_refuses_globals(tmp_path):
     evil = tmp_path / "evil_osr_splits.pkl"
     evil.write_bytes(pickle.dumps({"known_classes": [1], "unknown_classes": _Exploit()}))
-    with pytest.raises(ValueError, match=r"refusing to load global .*system"):
+    with pytest.raises(AssetError, match=r"refusing to load global .*system"):
         load_ssb_split(evil)
 
     benign_global = tmp_path / "set_osr_splits.pkl"  # even harmless globals are refused
     benign_global.write_bytes(pickle.dumps({"known_classes": {1, 2}, "unknown_classes": {}},
                                            protocol=2))
-    with pytest.raises(ValueError, match="refusing"):
+    with pytest.raises(AssetError, match="refusing"):
         load_ssb_split(benign_global)
 
     missing_level = tmp_path / "partial_osr_splits.pkl"
     partial = {"known_classes": [1], "unknown_classes": {"Hard": [2]}}
     missing_level.write_bytes(pickle.dumps(partial))
-    with pytest.raises(ValueError, match="Medium"):
+    with pytest.raises(AssetError, match="Medium"):
         load_ssb_split(missing_level)
 
 

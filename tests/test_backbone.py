@@ -224,9 +224,9 @@ def test_quickgelu_mismatch_warns():
 
 def test_custom_text_tower_refused(tiny_clip_config):
     cfg = dict(tiny_clip_config, custom_text=True)
-    with pytest.raises(ValueError, match="OpenAI-style text towers"):
+    with pytest.raises(BackboneLoadError, match="OpenAI-style text towers"):
         load_backbone("custom", config=cfg)
-    with pytest.raises(ValueError, match="OpenAI-style text towers"):
+    with pytest.raises(BackboneLoadError, match="OpenAI-style text towers"):
         load_backbone("ViT-B-16-SigLIP")
 
 

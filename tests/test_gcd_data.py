@@ -8,6 +8,7 @@ import pytest
 import scipy.io
 from PIL import Image
 
+from clipcore.config import ConfigError
 from clipcore.data import DataError, Datum
 from gcd.data import (ArrayImageSource, RawGCDData, get_gcd_dataset, imagenet_100_class_indices,
                       list_gcd_datasets, load_gcd_splits, make_gcd_splits, ssb_class_split,
@@ -100,7 +101,7 @@ def test_bad_class_lists_are_refused(known, unknown):
 def test_registry_lists_the_reference_datasets():
     assert {"cifar10", "cifar100", "imagenet_100", "cub", "scars", "aircraft",
             "image_folder"} <= set(list_gcd_datasets())
-    with pytest.raises(KeyError, match="cifar10"):
+    with pytest.raises(ConfigError, match="cifar10"):
         get_gcd_dataset("cifar11")
 
 
@@ -248,7 +249,11 @@ def test_imagenet_100_reader(tmp_path, shared_assets, monkeypatch):
     for part in ("train", "val"):
         for wnid in wnids:
             (tmp_path / part / wnid).mkdir(parents=True)
-    for source_index in (1, 14, 2, 996, 501):  # 2 was not drawn
+    drawn = imagenet_100_class_indices()
+    assert drawn[:2] == [1, 14] and 2 not in drawn
+    # Only the drawn class folders hold images (an empty drawn folder would be an error); the
+    # undrawn ones are never listed.
+    for source_index in drawn:
         _image(tmp_path / "train" / wnids[source_index] / "a.JPEG")
         _image(tmp_path / "train" / wnids[source_index] / "b.JPEG")
         _image(tmp_path / "val" / wnids[source_index] / "v.JPEG")
@@ -256,9 +261,9 @@ def test_imagenet_100_reader(tmp_path, shared_assets, monkeypatch):
     names = (shared_assets / "spectralgcd" / "imagenet_classes.txt").read_text().splitlines()
     assert splits.num_classes == 100 and splits.n_old == 50
     assert splits.classnames[:2] == [names[1].strip(), names[14].strip()]
-    assert sorted({d.label for d in splits.train}) == [0, 1, 52, 99]
-    assert len(splits.train) == 8 and len(splits.test) == 4
-    assert len(splits.train_labelled) == 2
+    assert sorted({d.label for d in splits.train}) == list(range(100))
+    assert len(splits.train) == 200 and len(splits.test) == 100
+    assert len(splits.train_labelled) == 50  # half of the 100 old-class train images
     _check_gcd_invariants(splits)
     (tmp_path / "val" / wnids[5]).rmdir()
     with pytest.raises(DataError, match="1000 class folders"):

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from clipcore.backbone import load_backbone
+from clipcore.config import ConfigError
 from kdpl.prompts import PROMPT_LEARNERS, PromptConfig, build_prompt_learner, gaussian_weights
 from kdpl.prompts.gpa import PromptAggregator
 from kdpl.prompts.hooks import deep_text_hook, deep_vision_hook
@@ -278,7 +279,7 @@ def test_random_context_and_config_errors(tiny):
         PromptConfig.from_any({"n_cxt": 4})
     with pytest.raises(ValueError, match="depth"):
         build("maple", tiny, depth=3)  # the tiny towers have 2 blocks
-    with pytest.raises(KeyError, match="available"):
+    with pytest.raises(ConfigError, match="available"):
         build_prompt_learner("nope", tiny, CLASSNAMES)
 
 

@@ -152,6 +152,9 @@ def test_ddp_two_cpu_processes(tmp_path, data):
     assert len(run_dirs) == 1, "both ranks must write into one run folder"
     assert (run_dirs[0] / "checkpoints" / "last.ckpt").is_file()
     assert json.loads((run_dirs[0] / "eval" / "metrics.json").read_text())["test/acc"] >= 0
+    # Only the launching rank records the attempt.
+    status = json.loads((run_dirs[0] / "status.json").read_text())
+    assert status["status"] == "finished" and len(status["attempts"]) == 1
 
 
 def test_best_checkpoint_by_monitored_metric(tmp_path, data):

@@ -5,6 +5,7 @@ from .dataset import ImageDataset
 from .fewshot import base_new_labels, group_by_label, sample_few_shot, subsample_classes
 from .readers import (
     list_class_folders,
+    list_class_images,
     list_images,
     load_image,
     read_coop_split_json,
@@ -35,7 +36,7 @@ __all__ = [
     "EpochSeededSampler", "ImageDataset",
     "base_new_labels", "build_eval_transform", "build_gcd_transform", "build_train_transform",
     "build_transform", "classnames_from_items", "get_dataset", "group_by_label",
-    "list_class_folders", "list_datasets", "list_images", "load_image", "read_coop_split_json",
+    "list_class_folders", "list_class_images", "list_datasets", "list_images", "load_image", "read_coop_split_json",
     "read_image_folder", "read_lines", "read_wnid_classnames", "register_dataset",
     "require_dir", "require_file", "resolve_normalization", "sample_few_shot",
     "subsample_classes",

@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader
 
 from .corrupt import collate_for
 from .dataset import ImageDataset
-from .records import DatasetSplits, Datum
+from .records import DataError, DatasetSplits, Datum
 from .resume import ResumableDataModule
 from .sampling import EpochSeededSampler
 from .transforms import build_transform
@@ -88,7 +88,8 @@ class ClassificationDataModule(ResumableDataModule):
     def train_dataloader(self) -> DataLoader:
         items = self.splits.train
         if not items:
-            raise ValueError("the train split is empty; this dataset is evaluation-only")
+            raise DataError("the train split is empty: this dataset is evaluation-only (test split only); "
+                            "train on another dataset and evaluate on this one")
         sampler = EpochSeededSampler(len(items), seed=self.seed, shuffle=True, keyed=True)
         self.position_sampler(sampler, self.batch_size)
         drop_last = len(sampler) >= self.batch_size if self.drop_last is None else self.drop_last

@@ -5,6 +5,7 @@ import math
 import random
 from collections.abc import Iterable
 from dataclasses import replace
+from clipcore.config import ConfigError
 
 from .records import DatasetSplits, Datum
 
@@ -61,7 +62,7 @@ def subsample_classes(splits: DatasetSplits, which: str) -> DatasetSplits:
     `which='all'` returns `splits` unchanged.
     """
     if which not in SUBSETS:
-        raise ValueError(f"unknown class subset {which!r}; expected one of {SUBSETS}")
+        raise ConfigError(f"unknown class subset {which!r}; expected one of {SUBSETS}")
     if which == "all":
         return splits
     base, new = base_new_labels(splits.train)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from clipcore.config import ConfigError
 
 from .datamodule import ClassificationDataModule
 from .fewshot import SUBSETS, sample_few_shot, subsample_classes
@@ -13,7 +14,7 @@ from .registry import DatasetInfo, get_dataset
 def read_splits(data_cfg, seed: int, info: DatasetInfo | None = None) -> DatasetSplits:
     """Read, few-shot sample (Dassl order: train k shots, val min(k, 4)), then keep base/new classes."""
     if data_cfg.subsample_classes not in SUBSETS:
-        raise ValueError(f"data.subsample_classes={data_cfg.subsample_classes!r}: expected one of {SUBSETS}")
+        raise ConfigError(f"data.subsample_classes={data_cfg.subsample_classes!r}: expected one of {SUBSETS}")
     info = info or get_dataset(data_cfg.name)
     splits = info.read(Path(data_cfg.root).expanduser())
     if data_cfg.num_shots:

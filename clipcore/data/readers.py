@@ -67,6 +67,16 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     return [folder / n for n in sorted(os.listdir(folder)) if is_image_file(n)]
 
 
+def list_class_images(folder: str | os.PathLike) -> list[Path]:
+    """The images of one class folder; an empty class folder is an error naming it (it would
+    otherwise become a class without examples)."""
+    images = list_images(folder)
+    if not images:
+        raise DataError(f"class folder {folder} holds no images (image files end in "
+                        f"{', '.join(sorted(IMAGE_EXTENSIONS))}): add images or remove the folder")
+    return images
+
+
 def read_image_folder(
     root: str | os.PathLike,
     *,
@@ -93,7 +103,7 @@ def read_image_folder(
             raise DataError(f"class folder {root / folder} has no entry in the class-name list."
                             + _hint_suffix(hint))
         classnames.append(classname)
-        items.extend(Datum(str(p), label, classname) for p in list_images(root / folder))
+        items.extend(Datum(str(p), label, classname) for p in list_class_images(root / folder))
     return items, classnames
 
 

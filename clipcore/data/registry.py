@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+from clipcore.config import ConfigError
 
 from .records import DatasetSplits
 
@@ -54,7 +55,7 @@ def get_dataset(name: str) -> DatasetInfo:
         return _REGISTRY[name]
     except KeyError:
         known = ", ".join(sorted(_REGISTRY)) or "(none registered; import kdpl.datasets?)"
-        raise ValueError(f"unknown dataset {name!r}; registered datasets: {known}") from None
+        raise ConfigError(f"unknown dataset {name!r} (config key 'data.name'); registered datasets: {known}") from None
 
 
 def list_datasets() -> list[str]:

@@ -5,6 +5,7 @@ from collections.abc import Sequence
 
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
+from clipcore.config import ConfigError
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -26,7 +27,7 @@ def resolve_normalization(mean: Stats = "clip", std: Sequence[float] | None = No
         try:
             named_mean, named_std = NORMALIZATIONS[mean.lower()]
         except KeyError:
-            raise ValueError(f"unknown normalization {mean!r}; expected one of "
+            raise ConfigError(f"unknown normalization {mean!r}; expected one of "
                              f"{sorted(NORMALIZATIONS)} or explicit mean/std") from None
         return named_mean, tuple(std) if std is not None else named_std
     if std is None:

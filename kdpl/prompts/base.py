@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from clipcore.config import ConfigError
+
 from kdpl.config import PromptConfig
 from kdpl.prompts.hooks import Hook
 
@@ -152,13 +154,13 @@ class PromptLearner(nn.Module):
             n_phrase = int(self.backbone.eot_index(tokens)[0]) - 1
             n_ctx = n_phrase if n_ctx is None else n_ctx
             if not 1 <= n_ctx <= n_phrase:
-                raise ValueError(f"n_ctx={n_ctx} but ctx_init '{phrase}' has {n_phrase} tokens; "
+                raise ConfigError(f"n_ctx={n_ctx} but ctx_init '{phrase}' has {n_phrase} tokens; "
                                  "use n_ctx <= the phrase length or ctx_init=None for random context")
             vectors = self._embed(tokens)[0, 1:1 + n_ctx].clone()
             vectors = vectors.expand(*leading, n_ctx, width).clone()
             return vectors, phrase, n_ctx
         if n_ctx is None or n_ctx < 1:
-            raise ValueError(f"random context needs n_ctx >= 1, got {n_ctx}")
+            raise ConfigError(f"random context needs n_ctx >= 1, got {n_ctx}")
         vectors = torch.empty(*leading, n_ctx, width)
         nn.init.normal_(vectors, std=self.cfg.init_std)
         return vectors, " ".join(["X"] * n_ctx), n_ctx
@@ -256,7 +258,7 @@ class PromptLearner(nn.Module):
 
     def _check_depth(self, depth: int, blocks: int, tower: str) -> None:
         if not 1 <= depth <= blocks:
-            raise ValueError(f"{self.name}: {tower} prompt depth {depth} must be in [1, {blocks}] "
+            raise ConfigError(f"{self.name}: {tower} prompt depth {depth} must be in [1, {blocks}] "
                              f"for backbone '{self.backbone.name}'")
 
 

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from clipcore.config import ConfigError
+
 from kdpl.prompts.base import PromptConfig, PromptLearner, PromptOutput, fp32
 from kdpl.prompts.registry import register_prompt_learner
 
@@ -27,7 +29,7 @@ class CoCoOp(PromptLearner):
     def __init__(self, backbone, classnames: list[str], cfg: PromptConfig | Mapping | None = None):
         super().__init__(backbone, classnames, cfg)
         if self.cfg.class_specific or self.cfg.class_token_position != "end":
-            raise ValueError("CoCoOp supports only a generic context with the class token at the end")
+            raise ConfigError("CoCoOp supports only a generic context with the class token at the end")
         ctx, self.prompt_prefix, self.n_ctx = self._init_context(
             self.cfg.n_ctx, self.cfg.ctx_init, backbone.text_width)
         self.ctx = nn.Parameter(ctx)

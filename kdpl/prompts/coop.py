@@ -10,6 +10,8 @@ from typing import Mapping, Optional
 
 from torch import Tensor, nn
 
+from clipcore.config import ConfigError
+
 from kdpl.prompts.base import PromptConfig, PromptLearner
 from kdpl.prompts.registry import register_prompt_learner
 
@@ -29,7 +31,7 @@ class CoOp(PromptLearner):
     def __init__(self, backbone, classnames: list[str], cfg: PromptConfig | Mapping | None = None):
         super().__init__(backbone, classnames, cfg)
         if self.cfg.class_token_position not in POSITIONS:
-            raise ValueError(f"class_token_position must be one of {POSITIONS}, "
+            raise ConfigError(f"class_token_position must be one of {POSITIONS}, "
                              f"got '{self.cfg.class_token_position}'")
         leading = (len(classnames),) if self.cfg.class_specific else ()
         ctx, self.prompt_prefix, self.n_ctx = self._init_context(
@@ -39,7 +41,7 @@ class CoOp(PromptLearner):
 
     def set_classnames(self, classnames: list[str]) -> None:
         if self.cfg.class_specific and len(classnames) != self.ctx.shape[0]:
-            raise ValueError(f"class-specific CoOp context was learned for {self.ctx.shape[0]} classes; "
+            raise ConfigError(f"class-specific CoOp context was learned for {self.ctx.shape[0]} classes; "
                              f"cannot switch to a list of {len(classnames)}")
         super().set_classnames(classnames)
 

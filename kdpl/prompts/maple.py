@@ -15,6 +15,8 @@ from typing import Mapping, Optional
 import torch
 from torch import Tensor, nn
 
+from clipcore.config import ConfigError
+
 from kdpl.prompts.base import PromptConfig, PromptLearner
 from kdpl.prompts.hooks import deep_text_hook, deep_vision_hook
 from kdpl.prompts.registry import register_prompt_learner
@@ -30,7 +32,7 @@ class MaPLe(PromptLearner):
     def __init__(self, backbone, classnames: list[str], cfg: PromptConfig | Mapping | None = None):
         super().__init__(backbone, classnames, cfg)
         if self.cfg.class_specific or self.cfg.class_token_position != "end":
-            raise ValueError("MaPLe supports only a generic context with the class token at the end")
+            raise ConfigError("MaPLe supports only a generic context with the class token at the end")
         self.depth = self.cfg.depth
         self._check_depth(self.depth, backbone.n_text_blocks, "text")
         self._check_depth(self.depth, backbone.n_vision_blocks or 0, "vision")

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from clipcore.config import ConfigError
+
 from kdpl.prompts.base import PromptConfig, PromptLearner, PromptOutput, fp32
 from kdpl.prompts.hooks import deep_text_hook, deep_vision_hook
 from kdpl.prompts.registry import register_prompt_learner
@@ -37,7 +39,7 @@ class PromptSRC(PromptLearner):
     def __init__(self, backbone, classnames: list[str], cfg: PromptConfig | Mapping | None = None):
         super().__init__(backbone, classnames, cfg)
         if self.cfg.class_specific or self.cfg.class_token_position != "end":
-            raise ValueError("PromptSRC supports only a generic context with the class token at the end")
+            raise ConfigError("PromptSRC supports only a generic context with the class token at the end")
         self.text_depth = self.cfg.text_depth if self.cfg.text_depth is not None else self.cfg.depth
         self.vision_depth = self.cfg.vision_depth if self.cfg.vision_depth is not None else self.cfg.depth
         self._check_depth(self.text_depth, backbone.n_text_blocks, "text")

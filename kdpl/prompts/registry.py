@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from typing import Mapping
+from clipcore.config import ConfigError
 
 from kdpl.prompts.base import PromptConfig, PromptLearner
 
@@ -23,5 +24,5 @@ def build_prompt_learner(name: str, backbone, classnames: list[str],
                          cfg: PromptConfig | Mapping | None = None) -> PromptLearner:
     """Build the learner `name` on a frozen backbone for `classnames`."""
     if name not in PROMPT_LEARNERS:
-        raise KeyError(f"Unknown prompt learner '{name}'; available: {sorted(PROMPT_LEARNERS)}")
+        raise ConfigError(f"Unknown prompt learner '{name}'; available: {sorted(PROMPT_LEARNERS)}")
     return PROMPT_LEARNERS[name](backbone, classnames, cfg)
