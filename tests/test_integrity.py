@@ -240,3 +240,21 @@ def test_slurm_sigusr1_checkpoints_requeues_and_the_requeued_job_resumes_its_fol
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 12
     assert json.loads((run_dir / "eval" / "metrics.json").read_text())["test/acc"] >= 0
+
+
+def test_time_based_checkpoints_are_due_after_the_interval(monkeypatch):
+    from types import SimpleNamespace
+
+    from clipcore import checkpointing
+    from clipcore.signals import StopRequest
+
+    clock = [1000.0]
+    monkeypatch.setattr(checkpointing.time, "monotonic", lambda: clock[0])
+    callback = checkpointing.RunCheckpoint(Path("run"), StopRequest(), every_n_minutes=2)
+    trainer = SimpleNamespace(global_step=5, strategy=SimpleNamespace(broadcast=lambda value, src: value))
+    clock[0] += 119
+    assert not callback._due(trainer)
+    clock[0] += 2
+    assert callback._due(trainer)
+    steps = checkpointing.RunCheckpoint(Path("run"), StopRequest(), every_n_steps=5)
+    assert steps._due(trainer) and not steps._due(SimpleNamespace(global_step=6, strategy=None))
