@@ -3,7 +3,8 @@
 Lookup order for an asset ``name`` (e.g. ``spectralgcd/openimages_dictionary.csv``):
 
 1. ``$CLIPCORE_ASSETS_DIR/<name>`` -- a local copy (CI points it at ``../shared/assets``);
-2. ``$XDG_CACHE_HOME/clipcore/assets/<name>`` (default ``~/.cache/clipcore/assets/<name>``);
+2. ``<cache root>/assets/<name>`` (``$CLIPCORE_CACHE_DIR``, else ``$XDG_CACHE_HOME/clipcore``,
+   else ``~/.cache/clipcore``; see ``clipcore.paths``);
 3. download from the upstream repository into the cache.
 
 Every file is checked against the sha256 pinned below before it is returned; a mismatch is an
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from clipcore.errors import UserError
+from clipcore.paths import cache_root
 
 log = logging.getLogger(__name__)
 
@@ -89,10 +91,10 @@ def get_asset(name: str) -> Asset:
         raise AssetError(f"unknown asset {name!r}; known assets: {', '.join(ASSETS)}") from None
 
 
-def cache_root() -> Path:
-    """``$XDG_CACHE_HOME/clipcore/assets`` (``~/.cache/clipcore/assets`` when unset)."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "clipcore" / "assets"
+def assets_cache() -> Path:
+    """``<cache root>/assets`` (``clipcore.paths``: ``$CLIPCORE_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/clipcore``, else ``~/.cache/clipcore``)."""
+    return cache_root() / "assets"
 
 
 def _local_root() -> Path | None:
@@ -174,7 +176,7 @@ def asset_path(name: str, *, download: bool = True) -> Path:
         if local.is_file():
             return _verify(asset, local)
         log.debug("%s not in %s=%s; trying the cache", name, ASSETS_DIR_ENV, local_root)
-    cached = cache_root() / name
+    cached = assets_cache() / name
     if cached.is_file():
         return _verify(asset, cached)
     if not download:

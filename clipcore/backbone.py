@@ -3,8 +3,9 @@
 This is the only module that knows open_clip's private structure. It offers:
 
 * `load_backbone`: built-in name + pretrained tag, a local weights file, a `local-dir:` bundle,
-  a registered synthetic model, or a bare architecture config (random init), failing fast and
-  clearly when weights are missing offline.
+  a name served by a registered resolver (`register_backbone_resolver`; the offline demo's
+  `synthetic-*` models register one), or a bare architecture config (random init), failing fast
+  and clearly when weights are missing offline.
 * `ClipBackbone`: the text tower driven from token *embeddings* (prompt learning) and the vision
   tower driven block by block with a hook (deep visual prompts), plus freezing and a fingerprint
   of everything that determines the outputs.
@@ -35,7 +36,6 @@ log = logging.getLogger(__name__)
 
 Hook = Callable[[int, torch.Tensor], torch.Tensor]
 LOCAL_DIR = "local-dir:"
-SYNTHETIC = "synthetic-"
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 # `create_model` needs some built-in name; top-level keys of our config replace all of its keys.
 _BASE_NAME = "ViT-B-32"
@@ -91,14 +91,28 @@ def _tokenizer_for_cfg(model_cfg: dict):
     return open_clip.tokenizer.SimpleTokenizer(context_length=context_length)
 
 
+# Name prefix -> function returning the local-dir bundle that serves the name (e.g. models that
+# are built on first use and cached). Registered by the code that owns those models.
+_RESOLVERS: dict[str, Callable[[str], os.PathLike]] = {}
+
+
+def register_backbone_resolver(prefix: str, resolve: Callable[[str], os.PathLike]) -> None:
+    """Serve every model name starting with ``prefix`` from the bundle ``resolve(name)`` returns."""
+    _RESOLVERS[prefix] = resolve
+
+
+def _resolver_for(name: str) -> Optional[Callable[[str], os.PathLike]]:
+    return next((fn for prefix, fn in _RESOLVERS.items() if name.startswith(prefix)), None)
+
+
 def load_backbone(name: str, pretrained: str | None = None, *, config: dict | str | None = None,
                   cache_dir: str | None = None, device="cpu") -> "ClipBackbone":
     """Build a `ClipBackbone`.
 
     Args:
         name: built-in open_clip name (use `-quickgelu` names for OpenAI/DFN weights),
-            `local-dir:/path/to/bundle`, or a registered `synthetic-*` name. With `config` it is
-            only a label.
+            `local-dir:/path/to/bundle`, or a name a registered resolver serves. With `config`
+            it is only a label.
         pretrained: a tag (`openai`, `dfn5b`...), a path to a .pt/.bin/.safetensors file, or None
             (random init).
         config: dict or JSON path with an open_clip model config (`embed_dim`, `vision_cfg`,
@@ -107,10 +121,9 @@ def load_backbone(name: str, pretrained: str | None = None, *, config: dict | st
         cache_dir: download cache for tags (defaults to the huggingface_hub cache).
         device: where the model is put.
     """
-    if name.startswith(SYNTHETIC) and config is None:
-        from clipcore.synthetic.models import resolve_synthetic  # lazy: heavy and optional
-
-        bundle = Path(resolve_synthetic(name))
+    resolver = _resolver_for(name) if config is None else None
+    if resolver is not None:
+        bundle = Path(resolver(name))
         model, model_cfg = _create_local_dir(bundle, device)
         tokenizer = open_clip.get_tokenizer(LOCAL_DIR + str(bundle))
         return ClipBackbone(model, tokenizer, name=name, pretrained=None, model_cfg=model_cfg)

@@ -21,18 +21,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from clipcore.io import atomic_write
+from clipcore.paths import cache_root
 
 log = logging.getLogger(__name__)
 
 KEY_FIELD = "cache_key"
 CHECKSUM_FIELD = "tensor_sha256"
-
-
-def cache_root() -> Path:
-    """``$CLIPCORE_CACHE_DIR``, else ``$XDG_CACHE_HOME/clipcore``, else ``~/.cache/clipcore``."""
-    if os.environ.get("CLIPCORE_CACHE_DIR"):
-        return Path(os.environ["CLIPCORE_CACHE_DIR"])
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "clipcore"
 
 
 def cache_key(parts: dict) -> str:

@@ -1,16 +1,16 @@
 """One import point for GCD data: splits, readers, sampler, transforms and the datamodule.
 
-The code lives in `gcd.splits` (records, remapping, labelled draw), `gcd.datasets` (registry,
-CIFAR, ImageNet-100, image-folder readers), `gcd.fgvc_datasets` (CUB, Cars, Aircraft),
+The code lives in `gcd.splits` (records, remapping, labelled draw), `gcd.dataset_registry`,
+`gcd.datasets` (CIFAR, ImageNet-100, image-folder readers), `gcd.fgvc_datasets` (CUB, Cars, Aircraft),
 `gcd.sampling` (weighted epoch sampler) and `gcd.datamodule` (torch datasets, LightningDataModule).
 """
 from clipcore.data import build_gcd_transform
 
 from .datamodule import (VAL_LOADER_NAMES, GCDDataModule, GCDEvalDataset, GCDTrainDataset,
                          TwoViews)
-from .datasets import (GCDDatasetInfo, gcd_image_folder, get_gcd_dataset,
-                       imagenet_100_class_indices, list_gcd_datasets, load_gcd_splits,
-                       register_gcd_dataset)
+from .dataset_registry import (GCDDatasetInfo, get_gcd_dataset, list_gcd_datasets, load_gcd_splits,
+                               register_gcd_dataset)
+from .datasets import gcd_image_folder, imagenet_100_class_indices
 from .fgvc_datasets import ssb_class_split
 from .sampling import WeightedEpochSampler, gcd_sample_weights
 from .splits import (REFERENCE_SPLIT_SEED, ArrayImageSource, FileImageSource, GCDSplits,

@@ -22,7 +22,7 @@ from clipcore.data.corrupt import SkippedImage, collate_for, load_or_skip
 from clipcore.data.resume import ResumableDataModule
 from clipcore.data.sampling import augmentation_rng, split_key
 
-from .datasets import load_gcd_splits
+from .dataset_registry import load_gcd_splits
 from .sampling import WeightedEpochSampler
 from .splits import REFERENCE_SPLIT_SEED, FileImageSource, GCDSplits, ImageSource
 

@@ -1,8 +1,7 @@
-"""The GCD dataset registry and the CIFAR, ImageNet-100 and generic image-folder readers.
+"""The CIFAR, ImageNet-100 and generic image-folder GCD readers (registered in `gcd.dataset_registry`).
 
-A reader takes the user's dataset folder (plus keyword options) and returns a `RawGCDData`;
-`load_gcd_splits` applies the class split and the labelled/unlabelled draw. The fine-grained
-readers (cub, scars, aircraft) live in `gcd.fgvc_datasets` and are registered on first lookup.
+A reader takes the user's dataset folder (plus keyword options) and returns a `RawGCDData`.
+The fine-grained readers (cub, scars, aircraft) live in `gcd.fgvc_datasets`.
 """
 from __future__ import annotations
 
@@ -11,76 +10,16 @@ import io
 import json
 import os
 import pickle
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from clipcore.data import DataError, Datum, list_class_folders, require_dir, require_file
 from clipcore.data.readers import list_class_images
-from clipcore.config import ConfigError
 
-from .splits import (REFERENCE_SPLIT_SEED, ArrayImageSource, GCDSplits, RawGCDData, display_name,
-                     make_gcd_splits)
-
-
-@dataclass(frozen=True)
-class GCDDatasetInfo:
-    """A registered GCD dataset: its reader and a description of the expected folder layout."""
-
-    name: str
-    layout: str
-    read: Callable[..., RawGCDData]
-
-
-_READERS: dict[str, GCDDatasetInfo] = {}
-_BUILTIN_MODULES = ("gcd.fgvc_datasets",)
-
-
-def register_gcd_dataset(name: str, *, layout: str = "") -> Callable:
-    """Decorator registering `reader(root: Path, **options) -> RawGCDData` under `name`."""
-
-    def decorator(reader: Callable[..., RawGCDData]) -> Callable[..., RawGCDData]:
-        if name in _READERS and _READERS[name].read is not reader:
-            raise ValueError(f"GCD dataset {name!r} is already registered")
-        _READERS[name] = GCDDatasetInfo(name, layout, reader)
-        return reader
-
-    return decorator
-
-
-def _load_builtin_readers() -> None:
-    for module in _BUILTIN_MODULES:
-        importlib.import_module(module)
-
-
-def list_gcd_datasets() -> list[str]:
-    _load_builtin_readers()
-    return sorted(_READERS)
-
-
-def get_gcd_dataset(name: str) -> GCDDatasetInfo:
-    """The registered dataset `name`; a KeyError listing the known names otherwise."""
-    _load_builtin_readers()
-    try:
-        return _READERS[name]
-    except KeyError:
-        raise ConfigError(f"unknown GCD dataset {name!r} (config key 'data.name'); known: {', '.join(sorted(_READERS))}") \
-            from None
-
-
-def load_gcd_splits(name: str, root: str | os.PathLike, *, prop_train_labels: float = 0.5,
-                    split_seed: int = REFERENCE_SPLIT_SEED, **reader_options) -> GCDSplits:
-    """Read dataset `name` from `root` and split it (see `make_gcd_splits`).
-
-    `split_seed` defaults to the reference's fixed seed 0, so the labelled set is the same for
-    every run seed unless the caller passes the run seed on purpose.
-    """
-    info = get_gcd_dataset(name)
-    raw = info.read(Path(root).expanduser(), **reader_options)
-    return make_gcd_splits(raw, prop_train_labels=prop_train_labels, split_seed=split_seed,
-                           source=f"GCD dataset {name!r} at {root}")
+from .dataset_registry import register_gcd_dataset
+from .splits import ArrayImageSource, RawGCDData, display_name
 
 
 # --------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import numpy as np
 
 from clipcore.data import DataError, Datum, read_lines, require_dir, require_file
 
-from .datasets import register_gcd_dataset
+from .dataset_registry import register_gcd_dataset
 from .splits import RawGCDData, display_name
 
 MISSING_SHOWN = 5

@@ -27,6 +27,8 @@ def cache_home(tmp_path, monkeypatch):
     """An empty cache root: tests never touch ~/.cache."""
     home = tmp_path / "xdg-cache"
     monkeypatch.setenv("XDG_CACHE_HOME", str(home))
+    # The session's CLIPCORE_CACHE_DIR would take precedence (clipcore.paths).
+    monkeypatch.delenv("CLIPCORE_CACHE_DIR", raising=False)
     monkeypatch.delenv(assets.ASSETS_DIR_ENV, raising=False)
     return home
 

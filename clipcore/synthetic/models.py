@@ -31,9 +31,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from clipcore.backbone import register_backbone_resolver
+from clipcore.paths import cache_root
 from clipcore.synthetic.pretrain import (CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE,
                                          PretrainSettings, pretrain_clip, write_bundle)
-from clipcore.teacher import cache_root
 
 log = logging.getLogger(__name__)
 
@@ -141,3 +142,7 @@ def resolve_synthetic(name: str, *, progress: bool = False) -> Path:
         log.info("pretraining %s into %s (first use; cached afterwards)", name, target)
         build_bundle(_settings(name), target, progress=progress)
     return target
+
+
+# `load_backbone("synthetic-student")` and friends pretrain on first use, then load the bundle.
+register_backbone_resolver("synthetic-", resolve_synthetic)
