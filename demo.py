@@ -18,7 +18,8 @@ What it runs, all on the CPU and offline:
    images (transductive), Hungarian-matched.
 
 Output: ``<output-dir>/results.md`` (the table, also printed), ``results.json``,
-``results.png`` (bar chart), ``filter/spectrum.png``, and one run folder per training. Finished
+``results.png`` (bar chart), the protocols' own tables ``b2n/results.md`` and ``gcd/results.md``,
+the filter's ``gcd/concepts/image_folder-<hash>/spectrum.png``, and one run folder per training. Finished
 runs with the same config are reused on a second call. Extra ``key=value`` arguments are applied
 to every run (e.g. ``logger.wandb.mode=offline``; W&B is off unless asked for).
 """
@@ -116,16 +117,16 @@ def prepare_world(profile: Profile, data_root: Path) -> tuple[Path, Path]:
 
 def write_dictionary(path: Path) -> Path:
     """The demo dictionary (class names, attribute words, distractors) as a ClassName CSV."""
+    from clipcore.io import atomic_write
     from clipcore.synthetic import demo_dictionary
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["ClassName"])
-        writer.writerows([w] for w in demo_dictionary())
-    tmp.replace(path)
-    return path
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["ClassName"])
+            writer.writerows([w] for w in demo_dictionary())
+
+    return atomic_write(path, write)
 
 
 def common_overrides(profile: Profile, output_dir: Path) -> list[str]:
@@ -133,7 +134,7 @@ def common_overrides(profile: Profile, output_dir: Path) -> list[str]:
             f"teacher.name={profile.teacher}", "teacher.pretrained=null", "teacher.config=null",
             f"output_dir={output_dir}", "trainer.accelerator=cpu", "trainer.devices=1",
             "trainer.precision=32-true", "trainer.enable_progress_bar=true", "trainer.log_every_n_steps=5",
-            "logger.wandb.mode=disabled", "data.num_workers=0", "data.min_crop_scale=0.6", "export=false"]
+            "logger.wandb.mode=disabled", "data.num_workers=0", "export=false"]
 
 
 # -- base-to-novel ------------------------------------------------------------------------------
@@ -143,19 +144,20 @@ def harmonic_mean(a: float, b: float) -> float:
 
 def run_base_to_novel(profile: Profile, data_root: Path, output_dir: Path, dictionary: Path,
                       extra: list[str]) -> list[dict]:
-    from kdpl.protocols import parse_method, run_cell
+    from clipdistill.protocols import run_protocol
 
     overrides = [*common_overrides(profile, output_dir), f"data.root={data_root}",
                  f"data.num_shots={profile.coop_shots}", f"data.batch_size={profile.coop_batch}",
                  f"data.min_crop_scale={profile.coop_min_crop_scale}",
                  "data.eval_batch_size=256", f"trainer.max_epochs={profile.coop_epochs}",
                  f"optim.lr={profile.coop_lr}", "optim.warmup_epochs=0",
-                 f"kdpl.dictionary={dictionary}", f"kdpl.k_max={profile.kdpl_ca_k_max}", *extra]
+                 f"objective.dictionary={dictionary}", f"objective.k_max={profile.kdpl_ca_k_max}", *extra]
+    log.info("base-to-novel: %s", ", ".join(title for _, title in B2N_METHODS))
+    outcome = run_protocol("b2n", [label for label, _ in B2N_METHODS], ["shapeworld"], [profile.seed],
+                           overrides=overrides)
     rows = []
     for label, title in B2N_METHODS:
-        log.info("base-to-novel: %s", title)
-        results = run_cell("b2n", parse_method(label), profile.seed, "shapeworld", (), (), overrides)
-        acc = {r.metric: r.value for r in results}
+        acc = {r.metric: r.value for r in outcome.results if r.method == label}
         rows.append({"protocol": "base-to-novel", "method": title, "Base": acc["base"], "Novel": acc["novel"],
                      "HM": harmonic_mean(acc["base"], acc["novel"])})
     return rows
@@ -169,7 +171,7 @@ def gcd_overrides(profile: Profile, gcd_dir: Path, output_dir: Path, dictionary:
             f"seed={profile.seed}", f"gcd.dictionary={dictionary}", "gcd.template=a photo of a {}.",
             f"gcd.feature_dim={profile.gcd_feature_dim}", f"gcd.head_hidden_dim={profile.gcd_head_hidden}",
             f"gcd.head_bottleneck_dim={profile.gcd_head_bottleneck}",
-            f"gcd.warmup_teacher_temp_epochs={max(1, profile.gcd_epochs // 2)}", *profile.gcd_extra, *extra]
+            f"gcd.loss.warmup_teacher_temp_epochs={max(1, profile.gcd_epochs // 2)}", *profile.gcd_extra, *extra]
 
 
 def world_words() -> set[str]:
@@ -196,52 +198,23 @@ def filter_summary(concepts_csv: Path) -> dict:
             "spectrum": str(concepts_csv.parent / "spectrum.png")}
 
 
-def run_spectral_filter(profile: Profile, gcd_dir: Path, output_dir: Path, dictionary: Path,
-                        extra: list[str]) -> dict:
-    import torch
+def run_gcd(profile: Profile, gcd_dir: Path, output_dir: Path, dictionary: Path,
+            extra: list[str]) -> tuple[list[dict], dict]:
+    """The GCD protocol on the world: spectral filtering, SpectralGCD and SimGCD, one table
+    (``<output_dir>/gcd/results.md``); returns the demo's rows and what the filter kept."""
+    from clipdistill.protocols import run_protocol
 
-    from clipcore.config import CONFIG_DIR, load_config
-    from gcd.filter import run_filter
-
-    out = output_dir / "filter"
-    cfg = load_config([CONFIG_DIR / "method" / "spectralgcd.yaml"],
-                      [*gcd_overrides(profile, gcd_dir, output_dir, dictionary, extra), "experiment=filter"])
-    fingerprint = json.dumps({"config": _plain(cfg), "dictionary": dictionary.read_text()}, sort_keys=True)
-    stamp = out / ".demo-config.json"
-    csv_path = out / f"{cfg.data.name}_concepts.csv"
-    if not (stamp.is_file() and stamp.read_text() == fingerprint and csv_path.is_file()):
-        log.info("spectral filtering of %s with %s", dictionary.name, profile.teacher)
-        with torch.no_grad():
-            csv_path = run_filter(cfg, out)
-        stamp.write_text(fingerprint)
-    else:
-        log.info("reusing the filtered concepts in %s", out)
-    return filter_summary(csv_path)
-
-
-def _plain(cfg) -> dict:
-    from clipcore.config import to_plain
-
-    return to_plain(cfg)
-
-
-def run_gcd(profile: Profile, gcd_dir: Path, output_dir: Path, dictionary: Path, concepts_csv: str,
-            extra: list[str]) -> list[dict]:
-    from clipcore.config import CONFIG_DIR, load_config
-    from kdpl.protocols import ensure_run
-
+    log.info("category discovery: %s", ", ".join(title for _, title in GCD_METHODS))
+    outcome = run_protocol("gcd", [method for method, _ in GCD_METHODS], ["image_folder"], [profile.seed],
+                           overrides=gcd_overrides(profile, gcd_dir, output_dir, dictionary, extra))
     rows = []
     for method, title in GCD_METHODS:
-        log.info("category discovery: %s", title)
-        cfg = load_config([CONFIG_DIR / "method" / f"{method}.yaml"],
-                          [*gcd_overrides(profile, gcd_dir, output_dir, dictionary, extra),
-                           f"experiment=gcd/{method}/seed{profile.seed}", f"gcd.concepts_csv={concepts_csv}"])
-        run = ensure_run(cfg)
-        metrics = json.loads((run / "eval" / "metrics.json").read_text())
+        value = {r.metric: r.value for r in outcome.results if r.method == method}
         rows.append({"protocol": "GCD (transductive)", "method": title,
-                     **{part.capitalize(): metrics[f"test/transductive/{part}_v2"] for part in ("all", "old", "new")},
-                     "inductive_all": metrics["test/inductive/all_v2"], "run": str(run)})
-    return rows
+                     **{part.capitalize(): value[f"transductive/{part}_v2"] for part in ("all", "old", "new")},
+                     "inductive_all": value["inductive/all_v2"]})
+    (concepts_csv,) = (output_dir / "gcd" / "concepts").glob("image_folder-*/image_folder_concepts.csv")
+    return rows, filter_summary(concepts_csv)
 
 
 # -- report -------------------------------------------------------------------------------------
@@ -264,7 +237,8 @@ def results_markdown(profile: Profile, rows: list[dict], filt: dict, n_classes: 
         "|---|---|" + "---:|" * len(COLUMNS),
     ]
     for row in rows:
-        lines.append(f"| {row['protocol']} | {row['method']} | " + " | ".join(_cell(row.get(c)) for c in COLUMNS) + " |")
+        values = " | ".join(_cell(row.get(c)) for c in COLUMNS)
+        lines.append(f"| {row['protocol']} | {row['method']} | {values} |")
     lines += [
         "",
         f"Spectral filtering (teacher, {filt['K']} dictionary concepts, "
@@ -303,9 +277,9 @@ def plot_results(rows: list[dict], path: Path) -> Path:
 
 
 def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    from clipcore.io import atomic_write_text
+
+    atomic_write_text(path, text)
 
 
 def run_demo(profile: Profile, output_dir: Path, data_root: Path | None = None, extra: list[str] = ()) -> dict:
@@ -320,8 +294,8 @@ def run_demo(profile: Profile, output_dir: Path, data_root: Path | None = None, 
     coop_dir, gcd_dir = prepare_world(profile, data_root)
     dictionary = write_dictionary(output_dir / "dictionary.csv")
     rows = run_base_to_novel(profile, data_root, output_dir, dictionary, extra)
-    filt = run_spectral_filter(profile, gcd_dir, output_dir, dictionary, extra)
-    rows += run_gcd(profile, gcd_dir, output_dir, dictionary, filt["csv"], extra)
+    gcd_rows, filt = run_gcd(profile, gcd_dir, output_dir, dictionary, extra)
+    rows += gcd_rows
     splits = json.loads((gcd_dir / "splits.json").read_text())
     n_all = len(splits["classes"])
     n_base = n_all // 2  # Dassl's base/new split: the first half of the labels
@@ -358,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     result = run_demo(profile, output_dir, args.data_root, args.overrides)
     print()
     print(result["table"])
-    print(f"Written to {Path(output_dir) / 'results.md'} (plots: results.png, filter/spectrum.png); "
+    print(f"Written to {Path(output_dir) / 'results.md'} (plots: results.png, {result['filter']['spectrum']}); "
           f"{result['wall_seconds']:.0f} s wall, {result['cpu_seconds_main_process']:.0f} s CPU.")
     return 0
 

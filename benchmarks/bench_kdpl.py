@@ -64,7 +64,8 @@ from kdpl.prompts import build_prompt_learner, promptsrc  # noqa: E402
 
 PRESETS = {
     "full": dict(student="ViT-B-32-quickgelu", teacher="ViT-H-14-quickgelu", width_div=1, image_size=224,
-                 teacher_patch=None, batch=32, cocoop_batch=4, n_classes=1000, dict_size=20930, k=1000, zs_templates=60),
+                 teacher_patch=None, batch=32, cocoop_batch=4, n_classes=1000, dict_size=20930, k=1000,
+                 zs_templates=60),
     "cpu-small": dict(student="ViT-B-32-quickgelu", teacher="ViT-H-14-quickgelu", width_div=8, image_size=112,
                       teacher_patch=28, batch=4, cocoop_batch=2, n_classes=64, dict_size=256, k=32, zs_templates=1),
 }
@@ -372,7 +373,8 @@ def main(argv=None) -> int:
     source = names["full"][2]
     text = (f"# KDPL training step, preset `{args.preset}` on {args.device}\n\n{machine}\n\n"
             f"Timing: {describe(args.preset) if timing else 'not run'}; warmup {args.warmup}, median of "
-            f"{args.steps} interleaved rounds; student precision {'bf16 autocast' if device.type == 'cuda' else 'fp32'}."
+            f"{args.steps} interleaved rounds; student precision "
+            f"{'bf16 autocast' if device.type == 'cuda' else 'fp32'}."
             f"\nFLOPs: {describe('full') if flops else 'not counted'} (meta device). Class names: {source}.\n\n"
             f"{table}\n")
     print("\n" + table)

@@ -9,10 +9,10 @@ Logits are synthetic teacher-like scores: cos(image, text)/τ for random unit ve
 Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` around the call (logits excluded);
 on CPU every measurement runs in a fresh subprocess and reports the resident-set high-water
 mark minus the RSS once the logits exist (tracemalloc cannot see torch's allocations); the
-mark is reset through /proc/self/clear_refs (Linux), else ``resource.getrusage`` is used. FLOPs: ``torch.utils.flop_counter.FlopCounterMode`` on meta tensors
-counts the matrix products; it has no formula for ``eigh``, so the eigendecomposition is
-added as an estimate, ~9n³ (Golub & Van Loan, symmetric QR with eigenvectors; LAPACK's
-divide-and-conquer ``syevd`` is usually cheaper).
+mark is reset through /proc/self/clear_refs (Linux), else ``resource.getrusage`` is used.
+FLOPs: ``torch.utils.flop_counter.FlopCounterMode`` on meta tensors counts the matrix products;
+it has no formula for ``eigh``, so the eigendecomposition is added as an estimate, ~9n³ (Golub &
+Van Loan, symmetric QR with eigenvectors; LAPACK's divide-and-conquer ``syevd`` is usually cheaper).
 """
 from __future__ import annotations
 

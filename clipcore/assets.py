@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from clipcore.classnames import readable_classname
 from clipcore.errors import UserError
 from clipcore.paths import cache_root
 
@@ -202,6 +203,18 @@ def read_dictionary_csv(path: str | os.PathLike) -> list[str]:
         return [str(row["ClassName"]) for row in reader]
 
 
+def load_dictionary(name_or_path: str, key: str) -> list[str]:
+    """A ``ClassName`` CSV given as a file path or as an asset name; ``key`` is the config key that
+    named it (for the error message)."""
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return read_dictionary_csv(path)
+    if name_or_path in ASSETS:
+        return read_dictionary_csv(asset_path(name_or_path))
+    csv_assets = ", ".join(n for n in ASSETS if n.endswith(".csv"))
+    raise AssetError(f"{key}={name_or_path!r}: no such file, and not an asset name ({csv_assets})")
+
+
 def dedupe_case_insensitive(names: Iterable[str]) -> list[str]:
     """Drop names equal to an earlier one up to case (``str.lower``), keeping first and order."""
     seen: set[str] = set()
@@ -223,7 +236,7 @@ def merge_concepts(dictionary: Iterable[str], extra_names: Iterable[str]) -> lis
     merged = dedupe_case_insensitive(dictionary)
     seen = {name.lower() for name in merged}
     for name in extra_names:
-        name = str(name).replace("_", " ")
+        name = readable_classname(str(name))
         if name.lower() not in seen:
             seen.add(name.lower())
             merged.append(name)

@@ -8,7 +8,3 @@ def backbone_from_config(section) -> ClipBackbone:
     """A backbone from a ``student`` / ``teacher`` section (name, pretrained, config, cache_dir)."""
     return load_backbone(section.name, section.pretrained, config=section.config, cache_dir=section.cache_dir)
 
-
-def fill_template(template: str, classnames: list[str]) -> list[str]:
-    """CoOp convention: underscores in class names become spaces."""
-    return [template.format(c.replace("_", " ")) for c in classnames]

@@ -1,19 +1,28 @@
 """Typed run configuration: YAML files merged in order, then ``key=value`` overrides.
 
-The schema is a tree of dataclasses. ``kdpl`` and ``gcd`` add their own sections with
-:func:`register_config_section`, so this module never imports them (one-way imports).
-Every merge is validated: an unknown key is an error listing the valid keys beside it, a value
-of the wrong type is an error naming the key, and both name the file or override they came from.
+The schema is a tree of dataclasses and depends on the method. The core sections (``student``,
+``teacher``, ``data``, ``optim``, ``trainer``, ``checkpoint``, ``logger``) are shared; a *method
+family* (:func:`register_method_family`: zero-shot, the prompt learners, GCD) adds the sections its
+methods read and the task's ``data`` keys. So a key the chosen method does not read is an error,
+like a typo, and the message says which methods read it. Every merge is validated: an unknown key
+lists the valid keys beside it, a value of the wrong type names the key, and both name the file
+or override they came from.
 
 A YAML file may start with ``include: [other.yaml, ...]``; included files (paths relative to the
-including file, or to ``configs/``) are merged first, so experiments compose config groups.
+including file, or to the shipped ``configs/``) are merged first, so experiments compose config
+groups. An override's value is read as YAML (``5``, ``null``, ``[a,b]``); a value YAML cannot
+read, or one that does not fit a string field (``a photo of: "{}"``), is taken as the text.
+
+This module and the family modules import no torch: configs are checked in a fraction of a second.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -31,10 +40,12 @@ class ConfigError(UserError, ValueError):
 
 @dataclass
 class BackboneConfig:
-    # Built-in open_clip name (e.g. ViT-B-32-quickgelu), local-dir:/path, or synthetic-student.
-    name: str = "synthetic-student"
-    # open_clip pretrained tag (openai, dfn5b, ...) or a local .pt/.bin/.safetensors file.
-    pretrained: Optional[str] = None
+    # Built-in open_clip name (e.g. ViT-B-32-quickgelu), local-dir:/path, or a name a registered
+    # resolver serves (clipcore.backbone.register_backbone_resolver).
+    name: str = "ViT-B-32-quickgelu"
+    # open_clip pretrained tag (openai, dfn5b, ...), a local .pt/.bin/.safetensors file, or null
+    # (random weights).
+    pretrained: Optional[str] = "openai"
     # JSON file with an open_clip model config: builds the architecture with random weights.
     config: Optional[str] = None
     cache_dir: Optional[str] = None
@@ -42,12 +53,11 @@ class BackboneConfig:
 
 @dataclass
 class DataConfig:
-    name: str = "shapeworld"
+    """Keys of every task; the method family adds its own (see ClassificationData)."""
+
+    # A registered dataset name (configs/data/*.yaml).
+    name: Optional[str] = None
     root: str = "data"
-    # Few-shot images per class for training (None: use every training image).
-    num_shots: Optional[int] = 16
-    # all | base | new (base-to-novel protocol, kdpl spec 3.3).
-    subsample_classes: str = "all"
     batch_size: int = 32
     eval_batch_size: int = 100
     num_workers: int = 4
@@ -55,29 +65,37 @@ class DataConfig:
     image_size: Optional[int] = None
     # clip | imagenet: normalisation statistics.
     normalization: str = "clip"
-    # Smallest crop of the random-resized-crop augmentation (Dassl: 0.08).
-    min_crop_scale: float = 0.08
     # Skip undecodable images (each is logged) instead of stopping; fail when more than
     # max_corrupt_fraction of a split is skipped.
     skip_corrupt: bool = False
     max_corrupt_fraction: float = 0.01
-    # Generalized category discovery only.
-    prop_train_labels: float = 0.5
-    split_follows_seed: bool = False
+
+
+@dataclass
+class ClassificationData(DataConfig):
+    """Few-shot classification (zero-shot and the prompt learners)."""
+
+    # Few-shot images per class for training (None or 0: use every training image).
+    num_shots: Optional[int] = 16
+    # all | base | new (base-to-novel protocol, kdpl spec 3.3).
+    subsample_classes: str = "all"
+    # Smallest crop of the random-resized-crop augmentation (Dassl: 0.08).
+    min_crop_scale: float = 0.08
 
 
 @dataclass
 class OptimConfig:
-    """SGD with momentum and a per-epoch schedule: the optimiser of both references."""
+    """SGD with momentum and a per-epoch schedule (the optimiser of both references): constant
+    warm-up epochs at ``warmup_lr``, then cosine from ``lr`` to ``eta_min_ratio * lr``."""
 
     lr: float = 0.002
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    # Dassl-style constant warm-up epochs at warmup_lr, then per-epoch cosine.
     warmup_epochs: int = 1
     warmup_lr: float = 1e-5
-    # Cosine floor as a fraction of the base lr.
     eta_min_ratio: float = 0.0
+    # Learning rates of named parameter groups that differ from lr (GCD: {backbone: 0.005}).
+    group_lr: Dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -145,7 +163,7 @@ class RunConfig:
     # Write an export of the learned state at the end of training.
     export: bool = True
     student: BackboneConfig = field(default_factory=BackboneConfig)
-    teacher: BackboneConfig = field(default_factory=lambda: BackboneConfig(name="synthetic-teacher"))
+    teacher: BackboneConfig = field(default_factory=lambda: BackboneConfig("ViT-H-14-quickgelu", "dfn5b"))
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
@@ -153,36 +171,127 @@ class RunConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
-_SECTIONS: dict[str, type] = {}
+CORE_SECTIONS = frozenset(f.name for f in dataclasses.fields(RunConfig))
 
 
-def register_config_section(name: str, schema: type) -> type:
-    """Add a top-level section (a dataclass) owned by a method package, e.g. ``kdpl``."""
-    if name in {f.name for f in dataclasses.fields(RunConfig)}:
-        raise ValueError(f"config section {name!r} clashes with a core section")
-    existing = _SECTIONS.get(name)
-    if existing is not None and existing is not schema:
-        raise ValueError(f"config section {name!r} is already registered by {existing.__qualname__}")
-    _SECTIONS[name] = schema
-    return schema
+@dataclass(frozen=True)
+class MethodFamily:
+    """Methods that read the same sections.
+
+    ``methods()`` lists them (cheaply: no torch); ``data`` is the schema of the ``data`` section
+    (``DataConfig`` plus the task's keys); ``sections(method, raw)`` returns the method's own
+    sections (``{name: dataclass}``), where ``raw`` is the merged, unvalidated config (so a
+    section may depend on a selector such as ``objective.name``); ``defaults`` replace core
+    defaults for these methods (e.g. GCD's optimiser); ``variants(method)`` lists the selector
+    settings whose schemas differ (``[{"objective": {"name": "kdpl"}}, ...]``), used to tell a
+    user which methods read a key.
+    """
+
+    name: str
+    methods: Callable[[], Sequence[str]]
+    data: type = ClassificationData
+    sections: Callable[[str, Mapping], dict[str, type]] = lambda method, raw: {}
+    defaults: Mapping = field(default_factory=dict)
+    variants: Callable[[str], Sequence[Mapping]] = lambda method: ({},)
+    # Rewrites a config stored by an earlier version into this version's keys (see upgrade_stored).
+    upgrade: Callable[[dict], dict] = lambda plain: plain
 
 
-def schema() -> DictConfig:
-    """The full structured schema: core sections plus every registered method section."""
-    extra = [(name, cls, field(default_factory=cls)) for name, cls in sorted(_SECTIONS.items())]
-    full = dataclasses.make_dataclass("Config", extra, bases=(RunConfig,))
-    return OmegaConf.structured(full)
+_FAMILIES: dict[str, MethodFamily] = {}
 
 
+def register_method_family(family: MethodFamily) -> MethodFamily:
+    _FAMILIES[family.name] = family
+    return family
+
+
+def method_families() -> list[MethodFamily]:
+    return list(_FAMILIES.values())
+
+
+def known_methods() -> list[str]:
+    return sorted(m for family in _FAMILIES.values() for m in family.methods())
+
+
+def family_of(method: str) -> MethodFamily:
+    for family in _FAMILIES.values():
+        if method in family.methods():
+            return family
+    raise ConfigError(f"unknown method {method!r} (config key 'method'). Known methods: "
+                      f"{', '.join(known_methods()) or '(none registered)'}")
+
+
+def schema(method: str = "zeroshot", raw: Optional[Mapping] = None) -> DictConfig:
+    """The structured config of ``method``: core sections, its family's data keys and sections."""
+    family = family_of(method)
+    sections = family.sections(method, raw or {})
+    clash = CORE_SECTIONS & set(sections) - {"data"}
+    if clash:
+        raise ValueError(f"method family {family.name!r} redefines core sections {sorted(clash)}")
+    fields = [("data", family.data, field(default_factory=family.data))]
+    fields += [(name, cls, field(default_factory=cls)) for name, cls in sections.items()]
+    full = dataclasses.make_dataclass(f"{family.name.title()}Config", fields, bases=(RunConfig,))
+    cfg = OmegaConf.structured(full)
+    if family.defaults:
+        cfg = OmegaConf.merge(cfg, family.defaults)
+    cfg.method = method
+    return cfg
+
+
+@dataclass
+class ZeroShotConfig:
+    # student | teacher: which backbone section of the config to evaluate.
+    model: str = "student"
+    # None: the dataset's own template (kdpl spec 3.4).
+    template: Optional[str] = None
+
+
+# Zero-shot CLIP is the core's own method (and the default one).
+register_method_family(MethodFamily(
+    "zeroshot", methods=lambda: ["zeroshot"], data=ClassificationData,
+    sections=lambda method, raw: {"zeroshot": ZeroShotConfig}))
+
+
+# -- errors -------------------------------------------------------------------------------------
 def _valid_keys(cfg: DictConfig, dotted_parent: str) -> list[str]:
     node = OmegaConf.select(cfg, dotted_parent) if dotted_parent else cfg
     return sorted(node.keys()) if isinstance(node, DictConfig) else []
 
 
-def _explain(exc: OmegaConfBaseException, cfg: DictConfig, source: str) -> ConfigError:
+def _readers_of(full_key: str, cfg: DictConfig) -> list[str]:
+    """The methods (and selector settings) whose schema has ``full_key``, ``cfg``'s excluded."""
+    readers = []
+    for family in _FAMILIES.values():
+        for other in family.methods():
+            for variant in family.variants(other):
+                try:
+                    candidate = schema(other, variant)
+                except ConfigError:
+                    continue
+                if OmegaConf.select(candidate, full_key, default=_MISSING) is _MISSING:
+                    continue
+                selectors = [f"{k}.{kk}={vv}" for k, v in variant.items() for kk, vv in v.items()]
+                if other == cfg.method and all(OmegaConf.select(cfg, s.split("=")[0]) == s.split("=")[1]
+                                               for s in selectors):
+                    continue
+                readers.append(f"{other} ({', '.join(selectors)})" if selectors else other)
+    return readers
+
+
+_MISSING = object()
+
+
+def _explain(exc: OmegaConfBaseException, cfg: DictConfig, source: str, key: Optional[str] = None) -> ConfigError:
     full_key = getattr(exc, "full_key", None) or ""
     if isinstance(exc, (ConfigKeyError, ConfigAttributeError)):
         parent, _, leaf = full_key.rpartition(".")
+        readers = _readers_of(full_key, cfg)
+        if readers and key and key.startswith(full_key + "."):
+            full_key = key  # name the whole override key, not just its unknown section
+        if readers:
+            shown = ", ".join(readers[:6]) + (f" and {len(readers) - 6} more" if len(readers) > 6 else "")
+            return ConfigError(f"{source}: '{full_key}' is not read by method '{cfg.method}' (it is read by "
+                               f"{shown}); remove it for this method")
         valid = ", ".join(_valid_keys(cfg, parent)) or "(none)"
         where = f"under '{parent}'" if parent else "at the top level"
         return ConfigError(f"{source}: unknown config key '{full_key}'. Valid keys {where}: {valid}")
@@ -191,8 +300,26 @@ def _explain(exc: OmegaConfBaseException, cfg: DictConfig, source: str) -> Confi
     return ConfigError(f"{source}: {exc}")
 
 
-def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[dict, str]]:
-    """Return ``(mapping, source)`` pairs for a file and its includes, includes first."""
+# -- reading ------------------------------------------------------------------------------------
+@dataclass
+class _Piece:
+    """One source of config values: a YAML file's mapping, a stored config, or an override."""
+
+    mapping: dict
+    source: str
+    text: Optional[str] = None  # an override's value as typed (used when YAML misreads it)
+    key: Optional[str] = None
+
+    def mapping_leaf(self) -> Any:
+        """An override's parsed value."""
+        node: Any = self.mapping
+        for part in (self.key or "").split("."):
+            node = node[part] if part else node
+        return node
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> list[_Piece]:
+    """The pieces of a file and its includes, includes first."""
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     if path in seen:
@@ -206,38 +333,106 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[dict, str]
     includes = data.pop("include", []) or []
     if isinstance(includes, str):
         includes = [includes]
-    pieces: list[tuple[dict, str]] = []
+    pieces: list[_Piece] = []
     for inc in includes:
         candidates = [path.parent / inc, CONFIG_DIR / inc]
         target = next((c for c in candidates if c.is_file()), None)
         if target is None:
             raise ConfigError(f"{path}: included file '{inc}' not found (looked in {path.parent} and {CONFIG_DIR})")
         pieces.extend(_read_yaml(target.resolve(), seen + (path,)))
-    pieces.append((data, str(path)))
+    pieces.append(_Piece(data, str(path)))
     return pieces
 
 
-def load_config(files: list[str | Path] = (), overrides: list[str] = (), base: DictConfig | None = None) -> DictConfig:
+def _override_piece(item: str) -> _Piece:
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"override '{item}': expected key=value, e.g. trainer.max_epochs=5")
+    try:
+        value = yaml.safe_load(text) if text.strip() else text
+    except yaml.YAMLError:
+        value = text  # not YAML (quotes, colons, braces): the text itself
+    nested: Any = value
+    for part in reversed(key.split(".")):
+        nested = {part: nested}
+    return _Piece(nested, f"override '{item}'", text, key)
+
+
+def _deep_merge(into: dict, new: Mapping) -> dict:
+    for key, value in new.items():
+        if isinstance(value, Mapping) and isinstance(into.get(key), dict):
+            _deep_merge(into[key], value)
+        else:
+            into[key] = copy.deepcopy(value)
+    return into
+
+
+def _apply(cfg: DictConfig, piece: _Piece) -> DictConfig:
+    try:
+        return OmegaConf.merge(cfg, piece.mapping)
+    except (ConfigKeyError, ConfigAttributeError) as exc:
+        raise _explain(exc, cfg, piece.source, piece.key) from exc
+    except OmegaConfBaseException as exc:
+        if piece.text is None or isinstance(piece.mapping_leaf(), str):
+            raise _explain(exc, cfg, piece.source) from exc
+        # YAML read the text as something else (a mapping for "a: b", a number ...): the field
+        # may want the text itself, e.g. a template with a colon.
+        nested: Any = piece.text
+        for part in reversed(piece.key.split(".")):
+            nested = {part: nested}
+        try:
+            return OmegaConf.merge(cfg, nested)
+        except OmegaConfBaseException:
+            raise _explain(exc, cfg, piece.source) from exc
+
+
+def load_config(files: Sequence[str | Path] = (), overrides: Sequence[str] = (),
+                base: DictConfig | Mapping | None = None) -> DictConfig:
     """Merge YAML ``files`` in order, then ``key=value`` ``overrides``, validating each step.
 
     ``base`` (default: the schema defaults) is what they are merged onto, e.g. the stored config
     of a checkpoint when ``eval.py`` evaluates it on another split.
     """
-    cfg = base if base is not None else schema()
+    pieces: list[_Piece] = []
+    if base is not None:
+        plain = OmegaConf.to_container(base, resolve=True) if isinstance(base, DictConfig) else dict(base)
+        pieces.append(_Piece(upgrade_stored(plain), "stored config"))
     for file in files:
-        for mapping, source in _read_yaml(Path(file).resolve()):
-            try:
-                cfg = OmegaConf.merge(cfg, mapping)
-            except OmegaConfBaseException as exc:
-                raise _explain(exc, cfg, source) from exc
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override '{item}': expected key=value, e.g. trainer.max_epochs=5")
-        try:
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
-        except OmegaConfBaseException as exc:
-            raise _explain(exc, cfg, f"override '{item}'") from exc
+        pieces.extend(_read_yaml(Path(file).expanduser().resolve()))
+    pieces.extend(_override_piece(item) for item in overrides)
+    raw: dict = {}
+    for piece in pieces:
+        _deep_merge(raw, piece.mapping)
+    method = raw.get("method", RunConfig.method)
+    if not isinstance(method, str):
+        raise ConfigError(f"config key 'method' must be a method name, got {method!r}")
+    cfg = schema(method, raw)
+    for piece in pieces:
+        cfg = _apply(cfg, piece)
     return cfg
+
+
+def upgrade_stored(plain: Mapping) -> dict:
+    """A config stored by an earlier version (a run's config.yaml, a checkpoint, an export),
+    in this version's keys: the family moves renamed keys, and sections and data keys the
+    method does not read are dropped (earlier versions stored every section for every method)."""
+    plain = copy.deepcopy(dict(plain))
+    method = plain.get("method", RunConfig.method)
+    family = family_of(method)
+    plain = family.upgrade(plain)
+    reference = schema(method, plain)
+    for key in [k for k in plain if k not in reference]:
+        del plain[key]
+    if isinstance(plain.get("data"), dict):
+        plain["data"] = {k: v for k, v in plain["data"].items() if k in reference.data}
+    return plain
+
+
+def read_stored(plain: Mapping) -> dict:
+    """A stored config as this version would have written it: upgraded, validated, and with
+    the defaults of keys added since (for comparing it with a new command line)."""
+    return to_plain(load_config(base=plain))
 
 
 def to_plain(cfg: DictConfig) -> dict:
@@ -245,13 +440,9 @@ def to_plain(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
-def from_plain(data: dict) -> DictConfig:
+def from_plain(data: Mapping) -> DictConfig:
     """Rebuild a validated config from :func:`to_plain` output (e.g. stored in a checkpoint)."""
-    cfg = schema()
-    try:
-        return OmegaConf.merge(cfg, data)
-    except OmegaConfBaseException as exc:
-        raise _explain(exc, cfg, "stored config") from exc
+    return load_config(base=data)
 
 
 def save_config(cfg: DictConfig, path: Path) -> None:

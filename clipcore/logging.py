@@ -14,8 +14,8 @@ from pathlib import Path
 
 from lightning.pytorch.loggers import CSVLogger, Logger
 
-from clipcore.rundir import launch_rank
 from clipcore.config import ConfigError
+from clipcore.rundir import launch_rank
 
 log = logging.getLogger(__name__)
 

@@ -24,9 +24,19 @@ from typing import Any, Optional
 import yaml
 
 from clipcore.checkpoint_file import verify_checkpoint
+from clipcore.config import ConfigError, read_stored
 from clipcore.errors import CheckpointError, UserError
-from clipcore.rundir import (CHECKPOINT_DIR, LAST, PREVIOUS, RESUME_CKPT_ENV, RUN_DIR_ENV, is_launch_child,
-                             run_dir_of_checkpoint, run_folders, slurm_run_dir)
+from clipcore.rundir import (
+    CHECKPOINT_DIR,
+    LAST,
+    PREVIOUS,
+    RESUME_CKPT_ENV,
+    RUN_DIR_ENV,
+    is_launch_child,
+    run_dir_of_checkpoint,
+    run_folders,
+    slurm_run_dir,
+)
 from clipcore.status import FINISHED, RUNNING, process_alive, read_status
 
 log = logging.getLogger(__name__)
@@ -94,7 +104,10 @@ def _stored_config(run_dir: Path) -> dict:
         raise ResumeError(f"cannot read the stored config {path}: {exc}") from exc
     if not isinstance(data, dict):
         raise ResumeError(f"{path}: expected a mapping")
-    return data
+    try:
+        return read_stored(data)
+    except ConfigError as exc:
+        raise ResumeError(f"{path}: {exc}") from exc
 
 
 def newest_intact_checkpoint(run_dir: Path) -> Optional[Path]:

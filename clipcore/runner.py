@@ -34,10 +34,9 @@ from clipcore.export import read_export, write_export
 from clipcore.io import atomic_write_text
 from clipcore.logging import build_loggers, finish_wandb
 from clipcore.module import ClipMethodModule, check_fingerprints
-from clipcore.registry import get_method
+from clipcore.registry import build_method, method_builder
 from clipcore.resume import RunPlan, plan_run
-from clipcore.rundir import (ATTEMPT_ENV, CHECKPOINT_DIR, RESUME_CKPT_ENV, RUN_DIR_ENV, launch_rank,
-                             new_run_dir)
+from clipcore.rundir import ATTEMPT_ENV, CHECKPOINT_DIR, RESUME_CKPT_ENV, RUN_DIR_ENV, launch_rank, new_run_dir
 from clipcore.signals import RunPreempted, StopRequest, requeue_slurm_job, signal_name
 from clipcore.status import FAILED, FINISHED, PREEMPTED, begin_attempt, end_attempt
 
@@ -106,7 +105,7 @@ def train(cfg: DictConfig, plan: Optional[RunPlan] = None) -> Path:
         log.info("%s has already finished (status.json); nothing to train", plan.run_dir)
         return plan.run_dir
     L.seed_everything(cfg.seed, workers=True)
-    module, datamodule = get_method(cfg.method).build(cfg)
+    module, datamodule = build_method(cfg)
     run_dir = plan.run_dir or plan.new_dir or new_run_dir(cfg.output_dir, cfg.experiment)
     run_dir.mkdir(parents=True, exist_ok=True)
     rank_zero = launch_rank() == 0
@@ -244,7 +243,7 @@ def export_module(module: ClipMethodModule, directory: Path) -> Path:
 def module_from_checkpoint(path: Path, files: list[str] = (), overrides: list[str] = ()):
     ckpt = load_checkpoint(path)
     cfg = load_config(files, overrides, base=from_plain(ckpt["hyper_parameters"]["config"]))
-    module, datamodule = get_method(cfg.method).build(cfg)
+    module, datamodule = build_method(cfg)
     module.on_load_checkpoint(ckpt)
     try:
         module.load_state_dict(ckpt["state_dict"], strict=False)
@@ -256,7 +255,7 @@ def module_from_checkpoint(path: Path, files: list[str] = (), overrides: list[st
 def module_from_export(directory: Path, files: list[str] = (), overrides: list[str] = ()):
     tensors, metadata = read_export(directory)
     cfg = load_config(files, overrides, base=from_plain(metadata["config"]))
-    module, datamodule = get_method(metadata["method"]).build(cfg)
+    module, datamodule = method_builder(metadata["method"])(cfg)
     check_fingerprints(metadata.get("backbone_fingerprints", {}), module.fingerprints())
     module.load_export(tensors, metadata)
     return cfg, module, datamodule

@@ -34,3 +34,30 @@ def cosine_epoch_scheduler(optimizer: torch.optim.Optimizer, total_epochs: int, 
 
         lambdas.append(factor)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
+
+
+def sgd_with_schedule(groups: dict[str, list], optim, max_epochs: int):
+    """SGD over named parameter groups plus the per-epoch schedule, from the ``optim`` section.
+
+    Every group trains at ``optim.lr`` unless ``optim.group_lr`` gives it its own rate (GCD:
+    ``{backbone: 0.005}``); naming a group the method does not have is an error. Empty groups
+    (e.g. no trained backbone block) are left out. Returns Lightning's optimiser dict.
+    """
+    from clipcore.config import ConfigError
+
+    unknown = sorted(set(optim.group_lr) - set(groups))
+    if unknown:
+        raise ConfigError(f"optim.group_lr names parameter groups {unknown} that this method does not have "
+                          f"(its groups: {', '.join(groups)})")
+    named = [(name, [p for p in params if p.requires_grad]) for name, params in groups.items()]
+    named = [(name, params) for name, params in named if params]
+    if len(named) == 1 and not optim.group_lr:
+        param_groups = named[0][1]  # one unnamed group: the LR monitor logs it as lr-SGD
+    else:
+        param_groups = [{"name": name, "params": params, "lr": optim.group_lr.get(name, optim.lr)}
+                        for name, params in named]
+    optimizer = torch.optim.SGD(param_groups, lr=optim.lr, momentum=optim.momentum,
+                                weight_decay=optim.weight_decay)
+    scheduler = cosine_epoch_scheduler(optimizer, max_epochs, optim.warmup_epochs, optim.warmup_lr,
+                                       optim.eta_min_ratio)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}

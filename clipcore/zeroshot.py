@@ -9,14 +9,14 @@ import torch
 from torchmetrics.classification import MulticlassAccuracy
 
 from clipcore.backbone import ClipBackbone
-from clipcore.build import backbone_from_config, fill_template
+from clipcore.build import backbone_from_config
+from clipcore.classnames import prompts_for
 from clipcore.config import ConfigError, to_plain
 from clipcore.data import get_dataset
 from clipcore.data.from_config import classification_datamodule
 from clipcore.module import ClipMethodModule
 from clipcore.registry import register_method
 from clipcore.teacher import encode_prompts
-from clipcore.zeroshot_config import ZeroShotConfig  # noqa: F401  (registers the section)
 
 
 class ZeroShotModule(ClipMethodModule):
@@ -60,7 +60,7 @@ class ZeroShotModule(ClipMethodModule):
         return None
 
 
-@register_method("zeroshot", ZeroShotModule, "zero-shot CLIP classification with the dataset's template")
+@register_method("zeroshot")
 def build_zeroshot(cfg):
     if cfg.zeroshot.model not in ("student", "teacher"):
         raise ConfigError(f"zeroshot.model={cfg.zeroshot.model!r}: expected 'student' or 'teacher'")
@@ -68,5 +68,5 @@ def build_zeroshot(cfg):
     datamodule = classification_datamodule(cfg, backbone.image_size)
     info = get_dataset(cfg.data.name)
     template = cfg.zeroshot.template or info.template
-    prompts = fill_template(template, datamodule.classnames)
+    prompts = prompts_for(template, datamodule.classnames)
     return ZeroShotModule(to_plain(cfg), backbone, prompts), datamodule

@@ -8,16 +8,18 @@ from __future__ import annotations
 
 
 def register_config_sections() -> None:
-    """The ``zeroshot``, ``prompt``, ``kdpl`` and ``gcd`` sections (no torch)."""
-    import clipcore.zeroshot_config  # noqa: F401
+    """The method families' config (no torch): zero-shot is the core's; the prompt learners
+    (``prompt``, ``objective``) and GCD (``gcd``) register theirs."""
     import gcd.config  # noqa: F401
     import kdpl.config  # noqa: F401
 
 
 def register_methods() -> None:
-    """Every method and dataset: zero-shot, the prompt learners, SpectralGCD / SimGCD, ShapeWorld."""
+    """Every method and dataset: zero-shot, the prompt learners, SpectralGCD / SimGCD, and the
+    offline demo's ShapeWorld dataset and synthetic-* models."""
     register_config_sections()
     import clipcore.synthetic.dataset  # noqa: F401
+    import clipcore.synthetic.models  # noqa: F401
     import clipcore.zeroshot  # noqa: F401
     import gcd.methods  # noqa: F401
     import kdpl.methods  # noqa: F401

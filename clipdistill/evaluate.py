@@ -2,7 +2,8 @@
 
     python eval.py --ckpt runs/b2n_coop_kdpl_vit_b32_pets/<run>/checkpoints/last.ckpt data.subsample_classes=new
     python eval.py --export runs/<experiment>/<run>/exports/final -c configs/data/dtd.yaml data.root=/data/coop
-    python eval.py -c configs/data/oxford_pets.yaml -c configs/backbone/vit_b32.yaml method=zeroshot data.root=/data/coop
+    python eval.py -c configs/data/oxford_pets.yaml -c configs/backbone/vit_b32.yaml method=zeroshot \
+        data.root=/data/coop
     python eval.py export --ckpt runs/<experiment>/<run>/checkpoints/last.ckpt --out my_prompts
 
 Metrics go to ``<out>/metrics.json`` and ``<out>/metrics.md`` (default: the run's ``eval/``).
@@ -51,7 +52,7 @@ def _run(args) -> int:
         load_run_config(args.config, args.overrides)  # a typo is reported before the heavy imports
     register_methods()
     from clipcore import runner
-    from clipcore.registry import get_method
+    from clipcore.registry import build_method
     from clipcore.rundir import run_dir_of_checkpoint
 
     if args.command == "export":
@@ -63,18 +64,24 @@ def _run(args) -> int:
     if args.ckpt:
         cfg, module, datamodule = runner.module_from_checkpoint(args.ckpt, args.config, args.overrides)
         run_dir = run_dir_of_checkpoint(args.ckpt) or args.ckpt.parent
-        default_out = run_dir / "eval" / f"{args.ckpt.stem}-{cfg.data.name}-{cfg.data.subsample_classes}"
+        default_out = run_dir / "eval" / f"{args.ckpt.stem}-{evaluation_name(cfg)}"
     elif args.export:
         cfg, module, datamodule = runner.module_from_export(args.export, args.config, args.overrides)
-        default_out = args.export / "eval" / f"{cfg.data.name}-{cfg.data.subsample_classes}"
+        default_out = args.export / "eval" / evaluation_name(cfg)
     else:
         cfg = load_run_config(args.config, args.overrides)
-        module, datamodule = get_method(cfg.method).build(cfg)
-        default_out = Path(cfg.output_dir) / cfg.experiment / "eval" / f"{cfg.data.name}-{cfg.data.subsample_classes}"
+        module, datamodule = build_method(cfg)
+        default_out = Path(cfg.output_dir) / cfg.experiment / "eval" / evaluation_name(cfg)
     out = args.out or default_out
     metrics = runner.evaluate(cfg, module, datamodule, out)
     print((out / "metrics.md").read_text() if (out / "metrics.md").exists() else metrics)
     return 0
+
+
+def evaluation_name(cfg) -> str:
+    """``<dataset>`` (+ ``-<class subset>`` for the classification methods)."""
+    subset = cfg.data.get("subsample_classes")
+    return f"{cfg.data.name}-{subset}" if subset else str(cfg.data.name)
 
 
 if __name__ == "__main__":

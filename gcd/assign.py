@@ -23,9 +23,10 @@ def load_exported_module(export_dir: str | Path, device: str | torch.device = "c
     from omegaconf import OmegaConf
 
     from clipcore.build import backbone_from_config
+    from clipcore.config import from_plain
     from clipcore.export import read_export
     from clipcore.module import check_fingerprints
-    from gcd.module import GCDModule
+    from gcd.methods import gcd_module
 
     tensors, metadata = read_export(export_dir)
     if metadata["method"] not in ("spectralgcd", "simgcd"):
@@ -33,18 +34,16 @@ def load_exported_module(export_dir: str | Path, device: str | torch.device = "c
 
         raise ExportError(f"{export_dir}: a {metadata['method']!r} export, not a GCD one (spectralgcd, simgcd)")
     student = backbone_from_config(OmegaConf.create(metadata["student"]))
-    module = GCDModule(metadata["config"], student, classnames=metadata["classnames"],
-                       n_old=metadata["n_old"], concepts=metadata.get("concepts"),
-                       prompts=metadata.get("prompts"))
+    module = gcd_module(from_plain(metadata["config"]), student, metadata["classnames"], metadata["n_old"],
+                        concepts=metadata.get("concepts"), prompts=metadata.get("prompts"))
     check_fingerprints(metadata.get("backbone_fingerprints", {}), module.fingerprints())
     module.load_export(tensors, metadata)
     return module.to(device).eval(), metadata
 
 
 def list_image_files(folder: Path) -> list[Path]:
-    from clipcore.data.readers import IMAGE_EXTENSIONS, is_image_file
-
     from clipcore.data import DataError
+    from clipcore.data.readers import IMAGE_EXTENSIONS, is_image_file
 
     if not folder.is_dir():
         raise DataError(f"--images {folder}: expected a folder of images, but it does not exist")
@@ -59,7 +58,7 @@ def assign_clusters(export_dir: str | Path, image_folder: str | Path, out_csv: s
                     batch_size: int = 64, device: str | torch.device | None = None) -> Path:
     """Write ``path,cluster`` rows for every image under ``image_folder``; returns ``out_csv``."""
     from clipcore.data import build_gcd_transform, load_image
-    from gcd.spectral import _atomic_write
+    from clipcore.io import atomic_write
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     module, metadata = load_exported_module(export_dir, device)
@@ -78,7 +77,7 @@ def assign_clusters(export_dir: str | Path, image_folder: str | Path, out_csv: s
             writer.writerow(["path", "cluster"])
             writer.writerows([p.relative_to(folder).as_posix(), c] for p, c in zip(files, clusters))
 
-    return _atomic_write(out_csv, write)
+    return atomic_write(out_csv, write)
 
 
 def main(argv: list[str] | None = None) -> int:

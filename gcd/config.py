@@ -1,9 +1,12 @@
-"""The ``gcd`` config section (SpectralGCD / SimGCD hyper-parameters, spectralgcd spec §1-§5).
+"""The GCD method family (``spectralgcd``, ``simgcd``): its ``gcd`` section, its ``gcd.loss``
+section and its data keys (spectralgcd spec §1-§5). Light: no torch.
 
-Core sections are reused for the rest: ``data.prop_train_labels``, ``data.split_follows_seed``,
-``data.normalization`` (the method configs set ImageNet statistics, as the reference),
-``trainer.max_epochs`` (the cosine length) and ``trainer.check_val_every_n_epoch`` (the
-reference evaluates every 5 epochs; set in ``configs/method/*.yaml``, the one source of truth).
+Core sections are reused for the rest: ``optim`` (one SGD for the head and ``ln_t`` at
+``optim.lr``, the trained vision blocks at ``optim.group_lr.backbone``; the family's defaults
+below are the reference's), ``data.normalization`` (the method configs set ImageNet statistics,
+as the reference), ``trainer.max_epochs`` (the cosine length) and
+``trainer.check_val_every_n_epoch`` (the reference evaluates every 5 epochs; set in
+``configs/method/*.yaml``).
 
 Templates. The reference filters with ``"a photo of a {} ."`` (``--use_specialized_template``
 defaults to 'no' in ``spectral_filtering.py``) but trains with the specialised one for cub and
@@ -13,10 +16,10 @@ reference pipeline = filter with the flag off, train with it on.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
-from clipcore.config import register_config_section
+from clipcore.config import DataConfig, MethodFamily, register_method_family
 
 GENERIC_TEMPLATE = "a photo of a {} ."
 # spec §1.1: applied to every concept (generic ones included) when specialized_template is on.
@@ -27,6 +30,30 @@ SPECIALIZED_TEMPLATES = {
 # spec §5: per-dataset memax_weight of the reference scripts; 1 for anything else.
 MEMAX_WEIGHTS = {"cub": 2.0, "scars": 2.0, "aircraft": 1.0, "cifar10": 1.0, "cifar100": 4.0,
                  "imagenet_100": 1.0}
+
+
+@dataclass
+class GCDData(DataConfig):
+    """GCD's data keys: the labelled share of the old classes and how it is drawn."""
+
+    prop_train_labels: float = 0.5
+    # The reference draws the labelled subset with seed 0 whatever the run seed.
+    split_follows_seed: bool = False
+
+
+@dataclass
+class GCDLossConfig:
+    """Weights and temperatures of the SimGCD/SpectralGCD objective (reference defaults)."""
+
+    sup_weight: float = 0.35
+    # None: the reference's per-dataset value (MEMAX_WEIGHTS, 1 for other datasets).
+    memax_weight: Optional[float] = None
+    student_temp: float = 0.1
+    warmup_teacher_temp: float = 0.07
+    teacher_temp: float = 0.04
+    warmup_teacher_temp_epochs: int = 30
+    supcon_temperature: float = 0.07
+    info_nce_temperature: float = 1.0
 
 
 @dataclass
@@ -43,21 +70,6 @@ class GCDSection:
     beta_c: float = 0.99
     # Vision blocks of the student that are trained (the reference: the last one).
     trainable_blocks: int = 1
-    lr_backbone: float = 0.005
-    lr_head: float = 0.1
-    lr_projection: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-5
-    eta_min_ratio: float = 1e-3
-    sup_weight: float = 0.35
-    # None: the reference's per-dataset value (MEMAX_WEIGHTS, 1 for other datasets).
-    memax_weight: Optional[float] = None
-    student_temp: float = 0.1
-    warmup_teacher_temp: float = 0.07
-    teacher_temp: float = 0.04
-    warmup_teacher_temp_epochs: int = 30
-    con_temperature: float = 1.0
-    supcon_temperature: float = 0.07
     # Forward + reverse KL to the teacher's representations (spectralgcd only).
     distill: bool = True
     # Output size of ln_t (the head's input) for spectralgcd.
@@ -71,6 +83,14 @@ class GCDSection:
     teacher_cache_dtype: str = "float16"
     # Write Hungarian-matched confusion matrices (PNG) after the last validation and after test.
     confusion_plots: bool = True
+    loss: GCDLossConfig = field(default_factory=GCDLossConfig)
+
+
+# spec §5: the reference's optimiser (lr 0.1 for the head and ln_t, 0.005 for the backbone block,
+# weight decay 5e-5, per-epoch cosine to 1e-3 x lr, no warm-up).
+GCD_OPTIM = {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-5, "warmup_epochs": 0, "warmup_lr": 0.0,
+             "eta_min_ratio": 1e-3, "group_lr": {"backbone": 0.005}}
+GCD_METHODS = ("spectralgcd", "simgcd")
 
 
 def prompt_template(section, dataset: str) -> str:
@@ -85,10 +105,34 @@ def concept_prompts(template: str, concepts: list[str]) -> list[str]:
     return [template.format(c) for c in concepts]
 
 
-def memax_weight(section, dataset: str) -> float:
-    if section.memax_weight is not None:
-        return float(section.memax_weight)
+def memax_weight(loss: GCDLossConfig, dataset: str) -> float:
+    if loss.memax_weight is not None:
+        return float(loss.memax_weight)
     return MEMAX_WEIGHTS.get(dataset, 1.0)
 
 
-register_config_section("gcd", GCDSection)
+_OLD_LOSS_KEYS = {"sup_weight": "sup_weight", "memax_weight": "memax_weight", "student_temp": "student_temp",
+                  "warmup_teacher_temp": "warmup_teacher_temp", "teacher_temp": "teacher_temp",
+                  "warmup_teacher_temp_epochs": "warmup_teacher_temp_epochs",
+                  "supcon_temperature": "supcon_temperature", "con_temperature": "info_nce_temperature"}
+
+
+def _upgrade(plain: dict) -> dict:
+    """Before ``optim`` and ``gcd.loss``, the optimiser and the loss settings lived in ``gcd``."""
+    section = plain.get("gcd")
+    if not isinstance(section, dict) or "lr_head" not in section:
+        return plain
+    lr = section.pop("lr_head")
+    group_lr = {"backbone": section.pop("lr_backbone", GCD_OPTIM["group_lr"]["backbone"])}
+    projection = section.pop("lr_projection", lr)
+    if projection != lr:
+        group_lr["ln_t"] = projection
+    plain["optim"] = {**GCD_OPTIM, "lr": lr, "group_lr": group_lr,
+                      **{k: section.pop(k) for k in ("momentum", "weight_decay", "eta_min_ratio") if k in section}}
+    section["loss"] = {new: section.pop(old) for old, new in _OLD_LOSS_KEYS.items() if old in section}
+    return plain
+
+
+register_method_family(MethodFamily(
+    "gcd", methods=lambda: GCD_METHODS, data=GCDData, sections=lambda method, raw: {"gcd": GCDSection},
+    defaults={"optim": GCD_OPTIM}, upgrade=_upgrade))

@@ -6,15 +6,20 @@ The code lives in `gcd.splits` (records, remapping, labelled draw), `gcd.dataset
 """
 from clipcore.data import build_gcd_transform
 
-from .datamodule import (VAL_LOADER_NAMES, GCDDataModule, GCDEvalDataset, GCDTrainDataset,
-                         TwoViews)
-from .dataset_registry import (GCDDatasetInfo, get_gcd_dataset, list_gcd_datasets, load_gcd_splits,
-                               register_gcd_dataset)
+from .datamodule import VAL_LOADER_NAMES, GCDDataModule, GCDEvalDataset, GCDTrainDataset, TwoViews
+from .dataset_registry import GCDDatasetInfo, get_gcd_dataset, list_gcd_datasets, load_gcd_splits, register_gcd_dataset
 from .datasets import gcd_image_folder, imagenet_100_class_indices
 from .fgvc_datasets import ssb_class_split
 from .sampling import WeightedEpochSampler, gcd_sample_weights
-from .splits import (REFERENCE_SPLIT_SEED, ArrayImageSource, FileImageSource, GCDSplits,
-                     RawGCDData, make_gcd_splits, subsample_instances)
+from .splits import (
+                         REFERENCE_SPLIT_SEED,
+                         ArrayImageSource,
+                         FileImageSource,
+                         GCDSplits,
+                         RawGCDData,
+                         make_gcd_splits,
+                         subsample_instances,
+)
 
 __all__ = [
     "REFERENCE_SPLIT_SEED", "VAL_LOADER_NAMES", "ArrayImageSource", "FileImageSource",

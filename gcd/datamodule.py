@@ -26,7 +26,6 @@ from .dataset_registry import load_gcd_splits
 from .sampling import WeightedEpochSampler
 from .splits import REFERENCE_SPLIT_SEED, FileImageSource, GCDSplits, ImageSource
 
-
 # Names of the `val_dataloader()` loaders, by dataloader_idx.
 VAL_LOADER_NAMES = ("unlabelled", "test")
 

@@ -50,8 +50,8 @@ def get_gcd_dataset(name: str) -> GCDDatasetInfo:
     try:
         return _READERS[name]
     except KeyError:
-        raise ConfigError(f"unknown GCD dataset {name!r} (config key 'data.name'); known: {', '.join(sorted(_READERS))}") \
-            from None
+        raise ConfigError(f"unknown GCD dataset {name!r} (config key 'data.name'); "
+                          f"known: {', '.join(sorted(_READERS))}") from None
 
 
 def load_gcd_splits(name: str, root: str | os.PathLike, *, prop_train_labels: float = 0.5,

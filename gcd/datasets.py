@@ -15,12 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
+from clipcore.classnames import readable_classname
 from clipcore.data import DataError, Datum, list_class_folders, require_dir, require_file
 from clipcore.data.readers import list_class_images
 
 from .dataset_registry import register_gcd_dataset
-from .splits import ArrayImageSource, RawGCDData, display_name
-
+from .splits import ArrayImageSource, RawGCDData
 
 # --------------------------------------------------------------------------------------------
 # CIFAR (torchvision's python-pickle layout)
@@ -69,7 +69,7 @@ def _read_cifar(name: str, root: Path) -> RawGCDData:
             f"{name.upper()}(root, download=True) creates it).")
     folder = require_dir(root / folder_name, f"{name} folder", hint)
     meta = _read_cifar_pickle(require_file(folder / meta_file, f"{name} meta file", hint))
-    classnames = [display_name(str(c)) for c in meta[names_key]]
+    classnames = [readable_classname(str(c)) for c in meta[names_key]]
     arrays: dict[str, np.ndarray] = {}
     labels: dict[str, list[int]] = {}
     for part, files in (("train", train_files), ("test", test_files)):
@@ -212,7 +212,7 @@ def gcd_image_folder(root: str | os.PathLike, known_classes: Sequence | None = N
     names = spec.get("classnames", {})
     if isinstance(names, list):  # a list aligned with "classes" (clipcore.synthetic writes this)
         names = dict(zip(spec.get("classes", folders), names))
-    classnames = [str(names.get(f, display_name(f))) for f in folders]
+    classnames = [str(names.get(f, readable_classname(f))) for f in folders]
     test_folders = list_class_folders(test_dir)
     stray = sorted(set(test_folders) - set(folders))
     if stray:

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
+from clipcore.classnames import readable_classname
 from clipcore.data import DataError, Datum, read_lines, require_dir, require_file
 
 from .dataset_registry import register_gcd_dataset
-from .splits import RawGCDData, display_name
+from .splits import RawGCDData
 
 MISSING_SHOWN = 5
 
@@ -63,7 +64,7 @@ def read_cub(root: Path, ssb_split_file: str | os.PathLike | None = None) -> Raw
     is_train = _int_columns(base / "train_test_split.txt", hint)
     classes_file = require_file(base / "classes.txt", "CUB class list", hint)
     # Reference (gen_classnames.py): "12 012.Yellow_headed_Blackbird" -> "Yellow_headed_Blackbird".
-    classnames = [display_name(re.split(r"\d+\s+\d+\.", line.strip())[-1])
+    classnames = [readable_classname(re.split(r"\d+\s+\d+\.", line.strip())[-1])
                   for line in read_lines(classes_file, "CUB class list", hint)]
     train, test = [], []
     for image_id, rel_path in paths.items():

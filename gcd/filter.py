@@ -36,14 +36,14 @@ def output_csv(cfg, out_dir: str | Path | None) -> Path:
 
 def run_filter(cfg, out_dir: str | Path | None = None) -> Path:
     """Filter ``gcd.dictionary`` on ``data.name`` with ``teacher``; returns the CSV path."""
+    from clipcore.assets import merge_concepts, sha256_of
     from clipcore.build import backbone_from_config
+    from clipcore.io import atomic_write_text
     from gcd.config import concept_prompts, prompt_template
     from gcd.data import GCDDataModule
     from gcd.methods import device_for_teacher, read_concepts
     from gcd.spectral import SpectralAccumulator, plot_spectrum, write_concepts_csv
     from gcd.teacher_cache import image_concept_logits, teacher_text_features
-    from clipcore.assets import merge_concepts, sha256_of
-    from clipcore.io import atomic_write_text
 
     started = time.perf_counter()
     csv_path = output_csv(cfg, out_dir)
@@ -52,7 +52,7 @@ def run_filter(cfg, out_dir: str | Path | None = None) -> Path:
     splits = GCDDataModule.from_name(
         cfg.data.name, cfg.data.root, prop_train_labels=cfg.data.prop_train_labels, seed=cfg.seed,
         split_follows_seed=cfg.data.split_follows_seed).splits
-    concepts = merge_concepts(read_concepts(cfg.gcd.dictionary), splits.old_classnames)
+    concepts = merge_concepts(read_concepts(cfg.gcd.dictionary, "gcd.dictionary"), splits.old_classnames)
     teacher = backbone_from_config(cfg.teacher).freeze().eval()
     datamodule = GCDDataModule(splits, image_size=teacher.image_size, eval_batch_size=cfg.data.eval_batch_size,
                                num_workers=cfg.data.num_workers, normalization=cfg.data.normalization,
@@ -113,7 +113,7 @@ def _filter(args) -> int:
     from clipcore.config import load_config
 
     prepare_environment()
-    import gcd.config  # noqa: F401  (registers the gcd section)
+    import gcd.config  # noqa: F401  (registers the GCD methods' config)
 
     cfg = load_config(args.config, args.overrides)
     import torch

@@ -13,11 +13,12 @@ with L_fwd, L_rev the SpectralGCD distillation terms (left out for SimGCD).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from gcd.config import GCDLossConfig
 
 
 def distill_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor):
@@ -139,29 +140,25 @@ def supcon_loss(features: torch.Tensor, labels: torch.Tensor | None = None,
     return -(temperature / base_temperature) * mean_log_prob_pos.mean()
 
 
-@dataclass(frozen=True)
-class GCDLossConfig:
-    """Weights and temperatures of the SimGCD/SpectralGCD objective (reference defaults)."""
+class GCDLoss:
+    """The SimGCD/SpectralGCD objective with its settings (the ``gcd.loss`` section, with the
+    per-dataset memax weight resolved), built once by the method builder."""
 
-    sup_weight: float = 0.35
-    memax_weight: float = 1.0
-    student_temp: float = 0.1
-    warmup_teacher_temp: float = 0.07
-    teacher_temp: float = 0.04
-    warmup_teacher_temp_epochs: int = 30
-    n_views: int = 2
-    supcon_temperature: float = 0.07
-    info_nce_temperature: float = 1.0
+    def __init__(self, config: GCDLossConfig, n_views: int = 2):
+        if config.memax_weight is None:
+            raise ValueError("resolve the per-dataset memax weight first (gcd.config.memax_weight)")
+        self.config = config
+        self.n_views = n_views
 
     def __call__(self, proj, logits, labels, labelled_mask, epoch, *, student_rep=None,
                  teacher_rep=None) -> dict[str, torch.Tensor]:
-        return gcd_total_loss(proj, logits, labels, labelled_mask, epoch, config=self,
-                              student_rep=student_rep, teacher_rep=teacher_rep)
+        return gcd_total_loss(proj, logits, labels, labelled_mask, epoch, config=self.config,
+                              n_views=self.n_views, student_rep=student_rep, teacher_rep=teacher_rep)
 
 
 def gcd_total_loss(proj: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor,
                    labelled_mask: torch.Tensor, epoch: int, *, config: GCDLossConfig | None = None,
-                   student_rep: torch.Tensor | None = None,
+                   n_views: int = 2, student_rep: torch.Tensor | None = None,
                    teacher_rep: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """All terms and their weighted sum ``loss``, as the reference's training step.
 
@@ -172,8 +169,8 @@ def gcd_total_loss(proj: torch.Tensor, logits: torch.Tensor, labels: torch.Tenso
     Returned terms are unweighted (``memax`` is L_memax, not w·L_memax); ``loss`` is the total.
     With no labelled image in the batch L_cls and L_supcon are 0 (the reference gets NaN).
     """
-    cfg = config or GCDLossConfig()
-    views = cfg.n_views
+    cfg = config or GCDLossConfig(memax_weight=1.0)
+    views = n_views
     batch = labels.shape[0]
     if logits.shape[0] != views * batch or proj.shape[0] != views * batch:
         raise ValueError(f"expected {views}×{batch} rows in proj/logits, got "

@@ -2,20 +2,23 @@
 (datamodule and concept list from a config)."""
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import logging
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 
-from clipcore.assets import ASSETS, asset_path, merge_concepts, read_dictionary_csv, sha256_of
+from clipcore.assets import load_dictionary, merge_concepts, sha256_of
 from clipcore.build import backbone_from_config
 from clipcore.config import ConfigError, to_plain
 from clipcore.data import DataError
 from clipcore.registry import register_method
-from gcd.config import concept_prompts, memax_weight, prompt_template
+from gcd.config import GCD_METHODS, concept_prompts, memax_weight, prompt_template
 from gcd.data import GCDDataModule
+from gcd.losses import GCDLoss
 from gcd.module import GCDModule
 from gcd.teacher_cache import teacher_representations
 
@@ -32,17 +35,15 @@ def gcd_datamodule(cfg, image_size: int) -> GCDDataModule:
         skip_corrupt=d.skip_corrupt, max_corrupt_fraction=d.max_corrupt_fraction)
 
 
-def read_concepts(name_or_path: str) -> list[str]:
+def read_concepts(name_or_path: str, key: str) -> list[str]:
     """A ``ClassName`` CSV from a path, else from the asset store (e.g. the Tags dictionary)."""
     path = Path(name_or_path).expanduser()
     if path.is_file():
         _warn_if_edited_since_filtering(path)
-        return read_dictionary_csv(path)
-    if name_or_path in ASSETS:
-        return read_dictionary_csv(asset_path(name_or_path))
-    raise DataError(f"concept CSV {path} not found (gcd.concepts_csv / gcd.dictionary): "
-                            f"write it with `python -m gcd.filter`, or name a dictionary asset "
-                            f"({', '.join(n for n in ASSETS if n.endswith('.csv'))})")
+    elif key == "gcd.concepts_csv":
+        raise DataError(f"gcd.concepts_csv={name_or_path}: no such file; write it with `python -m gcd.filter` "
+                        f"(same config), or leave gcd.concepts_csv unset to train on gcd.dictionary")
+    return load_dictionary(name_or_path, key)
 
 
 def _warn_if_edited_since_filtering(csv_path: Path) -> None:
@@ -61,8 +62,9 @@ def _warn_if_edited_since_filtering(csv_path: Path) -> None:
 def training_concepts(section, old_classnames: list[str]) -> list[str]:
     """The filtered list (or the whole dictionary), de-duplicated case-insensitively, with the
     known class names appended when missing (spec §2: always in the training dictionary)."""
-    source = section.concepts_csv or section.dictionary
-    return merge_concepts(read_concepts(source), old_classnames)
+    if section.concepts_csv:
+        return merge_concepts(read_concepts(section.concepts_csv, "gcd.concepts_csv"), old_classnames)
+    return merge_concepts(read_concepts(section.dictionary, "gcd.dictionary"), old_classnames)
 
 
 def device_for_teacher(cfg) -> torch.device:
@@ -98,10 +100,23 @@ def teacher_representation_loader(cfg, datamodule: GCDDataModule, prompts: list[
     return load
 
 
+def gcd_loss(cfg) -> GCDLoss:
+    """The objective of the ``gcd.loss`` section (memax weight: the reference's per dataset)."""
+    settings = OmegaConf.to_object(cfg.gcd.loss)
+    return GCDLoss(dataclasses.replace(settings, memax_weight=memax_weight(settings, cfg.data.name)))
+
+
+def gcd_module(cfg, student, classnames: list[str], n_old: int, **kwargs) -> GCDModule:
+    return GCDModule(to_plain(cfg), student, method=cfg.method, settings=cfg.gcd, loss=gcd_loss(cfg),
+                     optim=cfg.optim, max_epochs=cfg.trainer.max_epochs, classnames=classnames,
+                     n_old=n_old, normalization=cfg.data.normalization, **kwargs)
+
+
 def build_gcd(cfg):
-    if cfg.gcd.trainable_blocks < 0:
-        raise ConfigError(f"gcd.trainable_blocks={cfg.gcd.trainable_blocks}: expected >= 0")
     student = backbone_from_config(cfg.student)
+    if not 0 <= cfg.gcd.trainable_blocks <= (student.n_vision_blocks or 0):
+        raise ConfigError(f"gcd.trainable_blocks={cfg.gcd.trainable_blocks}: expected 0 to the student's "
+                          f"{student.n_vision_blocks} vision blocks")
     datamodule = gcd_datamodule(cfg, cfg.data.image_size or student.image_size)
     kwargs = {}
     if cfg.method == "spectralgcd":
@@ -110,11 +125,8 @@ def build_gcd(cfg):
         kwargs = {"concepts": concepts, "prompts": prompts}
         if cfg.gcd.distill:
             kwargs["teacher_representations"] = teacher_representation_loader(cfg, datamodule, prompts)
-    module = GCDModule(to_plain(cfg), student, classnames=datamodule.classnames, n_old=datamodule.n_old,
-                       memax_weight=memax_weight(cfg.gcd, cfg.data.name), **kwargs)
-    return module, datamodule
+    return gcd_module(cfg, student, datamodule.classnames, datamodule.n_old, **kwargs), datamodule
 
 
-register_method("spectralgcd", GCDModule,
-                "SpectralGCD: CLIP student on filtered-concept similarities, distilled from a teacher")(build_gcd)
-register_method("simgcd", GCDModule, "SimGCD objective on a CLIP student's image features")(build_gcd)
+for _name in GCD_METHODS:
+    register_method(_name)(build_gcd)

@@ -135,7 +135,7 @@ def plot_confusion(cm: np.ndarray, path: str | os.PathLike, *, num_old: int | No
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from gcd.spectral import _atomic_write
+    from clipcore.io import atomic_write
 
     cm = np.asarray(cm, dtype=np.float64)
     if normalize:
@@ -154,7 +154,7 @@ def plot_confusion(cm: np.ndarray, path: str | os.PathLike, *, num_old: int | No
         ax.set_yticks(range(len(class_names)), class_names, fontsize=6)
     ax.set(xlabel="predicted (matched)", ylabel="true", title=title)
     fig.tight_layout()
-    return _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
 
 
 class GCDAccuracy(Metric):

@@ -21,37 +21,42 @@ from torchmetrics.utilities.data import dim_zero_cat
 from clipcore.errors import NonFiniteLossError, list_difference
 from clipcore.export import ExportError
 from clipcore.module import ClipMethodModule
-from clipcore.schedule import cosine_epoch_scheduler
+from clipcore.schedule import sgd_with_schedule
 from clipcore.teacher import cached_text_features
 from gcd.heads import ConceptProjection, DINOHead
-from gcd.losses import GCDLossConfig
+from gcd.losses import GCDLoss
 from gcd.metrics import GCDAccuracy, confusion_matrix, matched_predictions, plot_confusion
 
 log = logging.getLogger(__name__)
 
 EVAL_SPLITS = ("transductive", "inductive")  # = gcd.data.VAL_LOADER_NAMES (unlabelled, test)
-STUDENT_VISUAL = "student.model.visual."
 
 
 class GCDModule(ClipMethodModule):
     method_name = "gcd"
 
-    def __init__(self, config: dict, student, *, classnames: list[str], n_old: int,
-                 concepts: Optional[list[str]] = None, prompts: Optional[list[str]] = None,
-                 memax_weight: float = 1.0,
+    def __init__(self, config: dict, student, *, method: str, settings, loss: GCDLoss, optim, max_epochs: int,
+                 classnames: list[str], n_old: int, concepts: Optional[list[str]] = None,
+                 prompts: Optional[list[str]] = None, normalization: str = "imagenet",
                  teacher_representations: Optional[Callable[[], torch.Tensor]] = None):
-        """``concepts``/``prompts``: the concept list and its filled prompts (spectralgcd; None
-        for simgcd). ``teacher_representations()`` returns the cached ``[N_train, K]`` teacher
-        tensor; it is called once, when fitting (None: no distillation)."""
+        """``config``: the resolved run config (stored in checkpoints, not read here);
+        ``settings``: the ``gcd`` section (model and evaluation settings); ``loss``: the objective
+        built from ``gcd.loss``; ``optim``: the ``optim`` section. ``concepts``/``prompts``: the
+        concept list and its filled prompts (spectralgcd; None for simgcd).
+        ``teacher_representations()`` returns the cached ``[N_train, K]`` teacher tensor; it is
+        called once, when fitting (None: no distillation)."""
         super().__init__(config)
-        self.method_name = config["method"]
-        section = config["gcd"]
-        self.section = section
-        self.student = student.freeze().unfreeze_last_vision_blocks(section["trainable_blocks"])
+        self.method_name = method
+        self.settings = settings
+        self.loss = loss
+        self.optim = optim
+        self.max_epochs = int(max_epochs)
+        self.normalization = normalization
+        self.student = student.freeze().unfreeze_last_vision_blocks(settings.trainable_blocks)
         # Fingerprint of the pretrained weights, taken before any training step changes them:
         # a resume or an export import rebuilds the same student and must match it.
         self.student.fingerprint()
-        self.grad_from_block = self.student.n_vision_blocks - section["trainable_blocks"]
+        self.grad_from_block = self.student.n_vision_blocks - settings.trainable_blocks
         self.classnames, self.n_old = list(classnames), int(n_old)
         self.concepts = list(concepts) if concepts is not None else None
         self.prompts = list(prompts) if prompts is not None else None
@@ -59,13 +64,13 @@ class GCDModule(ClipMethodModule):
         if self.spectral:
             if len(self.prompts) != len(self.concepts) or not self.concepts:
                 raise ValueError(f"{len(self.concepts)} concepts but {len(self.prompts)} prompts")
-            self.ln_t = ConceptProjection(len(self.concepts), section["feature_dim"])
-            head_dim = section["feature_dim"]
+            self.ln_t = ConceptProjection(len(self.concepts), settings.feature_dim)
+            head_dim = settings.feature_dim
         else:
             self.ln_t = None
             head_dim = self.student.embed_dim
-        self.head = DINOHead(head_dim, len(self.classnames), hidden_dim=section["head_hidden_dim"],
-                             bottleneck_dim=section["head_bottleneck_dim"])
+        self.head = DINOHead(head_dim, len(self.classnames), hidden_dim=settings.head_hidden_dim,
+                             bottleneck_dim=settings.head_bottleneck_dim)
         self._teacher_representations = teacher_representations
         self.distill = self.spectral and teacher_representations is not None
         # Derived tensors, rebuilt on demand and moved with the module; never checkpointed and
@@ -73,13 +78,6 @@ class GCDModule(ClipMethodModule):
         self.register_buffer("concept_text", torch.empty(0), persistent=False)
         self.register_buffer("teacher_reps", torch.empty(0), persistent=False)
         self._ddp_params_and_buffers_to_ignore = ["concept_text", "teacher_reps"]
-        self.loss_config = GCDLossConfig(
-            sup_weight=section["sup_weight"], memax_weight=memax_weight,
-            student_temp=section["student_temp"], warmup_teacher_temp=section["warmup_teacher_temp"],
-            teacher_temp=section["teacher_temp"],
-            warmup_teacher_temp_epochs=section["warmup_teacher_temp_epochs"],
-            supcon_temperature=section["supcon_temperature"],
-            info_nce_temperature=section["con_temperature"])
         self.val_metrics = nn.ModuleList([GCDAccuracy() for _ in EVAL_SPLITS])
         self.test_metrics = nn.ModuleList([GCDAccuracy() for _ in EVAL_SPLITS])
 
@@ -117,7 +115,7 @@ class GCDModule(ClipMethodModule):
         return self.concept_text
 
     def _text_cache_dir(self) -> Optional[Path]:
-        root = self.section.get("teacher_cache_dir")
+        root = self.settings.teacher_cache_dir
         return Path(root) / "text_features" if root else None
 
     # -- forward ------------------------------------------------------------------------------
@@ -129,7 +127,7 @@ class GCDModule(ClipMethodModule):
             text = self.concept_text_features()
             # Cosines scaled by 1/τ = 100: kept in fp32 even under mixed precision.
             with torch.autocast(features.device.type, enabled=False):
-                rep = F.normalize(features.float(), dim=-1) @ text.t() / self.section["tau"]
+                rep = F.normalize(features.float(), dim=-1) @ text.t() / self.settings.tau
             out["rep"] = rep
             features = self.ln_t(rep)
         out["proj"], out["logits"] = self.head(features)
@@ -143,9 +141,9 @@ class GCDModule(ClipMethodModule):
         if self.distill:
             teacher = self.teacher_reps[batch["index"].to(self.teacher_reps.device)].float()
             teacher = teacher.repeat(views, 1)  # the centre-crop representation for every view
-        return self.loss_config(out["proj"], out["logits"], batch["label"], batch["is_labelled"],
-                                self.current_epoch, student_rep=out.get("rep") if self.distill else None,
-                                teacher_rep=teacher)
+        return self.loss(out["proj"], out["logits"], batch["label"], batch["is_labelled"],
+                         self.current_epoch, student_rep=out.get("rep") if self.distill else None,
+                         teacher_rep=teacher)
 
     def training_step(self, batch, batch_idx):
         terms = self.compute_losses(batch)
@@ -161,21 +159,11 @@ class GCDModule(ClipMethodModule):
         return loss
 
     def configure_optimizers(self):
-        s = self.section
-        groups = [("backbone", self.student, s["lr_backbone"]), ("head", self.head, s["lr_head"])]
-        if self.ln_t is not None:
-            groups.append(("ln_t", self.ln_t, s["lr_projection"]))
-        param_groups = []
-        for name, module, lr in groups:
-            params = [p for p in module.parameters() if p.requires_grad]
-            if params:  # e.g. trainable_blocks=0: no backbone group
-                param_groups.append({"name": name, "params": params, "lr": lr})
         # Weight decay on every trainable tensor, biases and norms included (spec §5).
-        optimizer = torch.optim.SGD(param_groups, lr=s["lr_head"], momentum=s["momentum"],
-                                    weight_decay=s["weight_decay"])
-        scheduler = cosine_epoch_scheduler(optimizer, self.config["trainer"]["max_epochs"], 0, 0.0,
-                                           s["eta_min_ratio"])
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        groups = {"backbone": list(self.student.parameters()), "head": list(self.head.parameters())}
+        if self.ln_t is not None:
+            groups["ln_t"] = list(self.ln_t.parameters())
+        return sgd_with_schedule(groups, self.optim, self.max_epochs)
 
     # -- evaluation -----------------------------------------------------------------------------
     def _eval_step(self, batch, metrics: nn.ModuleList, dataloader_idx: int) -> None:
@@ -198,7 +186,7 @@ class GCDModule(ClipMethodModule):
             # Already computed over every rank's predictions: the values agree across ranks, and
             # sync_dist only averages identical numbers (it silences Lightning's warning).
             self.log_dict({f"{stage}/{split}/{k}": v for k, v in values.items()}, sync_dist=True)
-            if plot and self.section["confusion_plots"]:
+            if plot and self.settings.confusion_plots:
                 self._plot_confusion(metric, f"{stage}_{split}")
             metric.reset()
 
@@ -230,9 +218,8 @@ class GCDModule(ClipMethodModule):
             tensors.update({f"ln_t.{k}": v for k, v in self.ln_t.state_dict().items()})
             tensors["concept_text"] = self.concept_text_features()
         metadata = {"concepts": self.concepts, "prompts": self.prompts, "classnames": self.classnames,
-                    "n_old": self.n_old, "student": self.config["student"], "tau": self.section["tau"],
-                    "feature_dim": self.section["feature_dim"],
-                    "normalization": self.config["data"]["normalization"]}
+                    "n_old": self.n_old, "student": self.config["student"], "tau": self.settings.tau,
+                    "feature_dim": self.settings.feature_dim, "normalization": self.normalization}
         return tensors, metadata
 
     def load_export(self, tensors: dict, metadata: dict) -> None:

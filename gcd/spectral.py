@@ -27,13 +27,14 @@ from __future__ import annotations
 import csv
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal, Sequence
+from typing import Literal, Sequence
 
 import numpy as np
 import torch
+
+from clipcore.io import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -319,22 +320,6 @@ def spectral_filter(logits: torch.Tensor, beta_e: float = 0.95, beta_c: float = 
     return details.order, details.n_keep, details.scores
 
 
-def _atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    """Write through a temporary file in the target folder, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 def write_concepts_csv(path: str | os.PathLike, names: Sequence[str], order, n_keep: int) -> Path:
     """Write the kept concepts, most important first, under a ``ClassName`` header.
 
@@ -353,7 +338,7 @@ def write_concepts_csv(path: str | os.PathLike, names: Sequence[str], order, n_k
             writer.writerow(["ClassName"])
             writer.writerows([names[i]] for i in order[:n_keep])
 
-    return _atomic_write(path, write)
+    return atomic_write(path, write)
 
 
 def plot_spectrum(details: SpectralDetails, path: str | os.PathLike) -> Path:
@@ -391,4 +376,4 @@ def plot_spectrum(details: SpectralDetails, path: str | os.PathLike) -> Path:
     fig.suptitle(f"spectral filtering: N={details.n_rows}, K={len(details.scores)}, "
                  f"path={details.method}")
     fig.tight_layout()
-    return _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from clipcore.data import DataError, Datum, load_image
 from clipcore.config import ConfigError
+from clipcore.data import DataError, Datum, load_image
 
 # The reference reseeds with 0 inside `subsample_instances`, whatever --seed says.
 REFERENCE_SPLIT_SEED = 0
@@ -175,7 +175,3 @@ def make_gcd_splits(raw: RawGCDData, *, prop_train_labels: float = 0.5,
     unlabelled = [d for i, d in enumerate(train) if i not in labelled_positions]
     return GCDSplits(labelled, unlabelled, test, classnames, n_old, raw.image_source)
 
-
-def display_name(raw_name: str) -> str:
-    """The reference's class-name cleaning for prompts: `_` becomes a space."""
-    return raw_name.replace("_", " ")

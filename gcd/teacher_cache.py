@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from clipcore.teacher import cached_text_features, load_or_compute
 from clipcore.config import ConfigError
+from clipcore.teacher import cached_text_features, load_or_compute
 
 log = logging.getLogger(__name__)
 

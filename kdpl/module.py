@@ -1,29 +1,26 @@
-"""The prompt-learning LightningModule: any learner x {supervised, KDPL, KDPL-CA}.
+"""The prompt-learning LightningModule: any learner x any objective.
 
-Training (kdpl spec 2):
-- supervised: cross-entropy of the student's logits;
-- kdpl: symmetric KL between the student and a frozen teacher over the training classes,
-  labels never used;
-- kdpl_ca: the student's classes are a large dictionary; each step distils only the top-K
-  classes of the teacher's batch-mean softmax (gathered over all ranks under DDP).
-PromptSRC's self-regularisation is added by its learner. Evaluation always scores the
-dataset's own classes with micro top-1 accuracy.
+The module trains a learner (``kdpl.prompts``) with an objective (``kdpl.objectives``): the
+objective says which classes the learner trains on and whether a frozen teacher is needed, and
+computes each step's loss; the learner adds its own regularisation (PromptSRC's L_SCL).
+The module loads the teacher only when fitting, caches the teacher's text features, runs the
+optimiser and the per-epoch schedule, and evaluates the dataset's own classes with micro top-1
+accuracy.
 """
 from __future__ import annotations
 
 import logging
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
-import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
 from clipcore.errors import NonFiniteLossError
 from clipcore.module import ClipMethodModule
-from clipcore.schedule import cosine_epoch_scheduler
+from clipcore.schedule import sgd_with_schedule
 from clipcore.teacher import cached_text_features
-from kdpl.distill import mean_teacher_probs, symmetric_kl, topk_classes
-from kdpl.prompts import build_prompt_learner
+from kdpl.distill import teacher_logits
+from kdpl.objectives.base import Objective, TrainingStep
 from kdpl.prompts.gpa import PromptAggregator
 
 log = logging.getLogger(__name__)
@@ -32,29 +29,29 @@ log = logging.getLogger(__name__)
 class PromptLearningModule(ClipMethodModule):
     method_name = "prompt"
 
-    def __init__(self, config: dict, student, classnames: list[str], *, train_classnames: Optional[list[str]] = None,
-                 teacher_loader=None, teacher_prompts: Optional[list[str]] = None):
-        """``classnames``: the dataset's classes (evaluation). ``train_classnames``: the classes the
-        student is trained on (the dictionary for KDPL-CA; default ``classnames``).
-        ``teacher_loader()`` builds the frozen teacher, called only when fitting."""
+    def __init__(self, config: dict, student, learner, objective: Objective, *, classnames: list[str],
+                 optim, max_epochs: int, teacher_loader: Optional[Callable] = None):
+        """``config``: the resolved run config (stored in checkpoints, not read here);
+        ``learner``: built on ``student`` for ``classnames`` (the dataset's classes, evaluated);
+        ``optim``: the ``optim`` section; ``teacher_loader()`` builds the frozen teacher, called
+        only when fitting and only when the objective uses one."""
         super().__init__(config)
-        self.method_name = config["method"]
-        self.objective = config["kdpl"]["objective"]
+        self.method_name = learner.name
         self.student = student.freeze()
+        self.learner = learner
+        self.objective = objective
+        self.optim = optim
+        self.max_epochs = int(max_epochs)
         self.eval_classnames = list(classnames)
-        self.train_classnames = list(train_classnames or classnames)
-        self.learner = build_prompt_learner(self.method_name, self.student, self.eval_classnames, config["prompt"])
+        self.train_classnames = list(objective.train_classnames())
         self._active_classes = "eval"
         self._teacher_loader = teacher_loader
-        self.teacher_prompts = teacher_prompts
         self.teacher = None
         self.register_buffer("teacher_text", torch.empty(0), persistent=False)
         self.val_acc = MulticlassAccuracy(num_classes=len(classnames), average="micro")
         self.test_acc = MulticlassAccuracy(num_classes=len(classnames), average="micro")
-        # The learner's config has its defaults filled in (PromptSRC: GPA 15/1 unless set).
-        gpa = self.learner.cfg
-        self.aggregator = (PromptAggregator(config["trainer"]["max_epochs"], gpa.gpa_mean, gpa.gpa_std)
-                           if gpa.gpa_mean is not None else None)
+        gpa = learner.prompt_aggregation()
+        self.aggregator = PromptAggregator(self.max_epochs, *gpa) if gpa is not None else None
 
     # -- set-up -------------------------------------------------------------------------------
     def backbones(self):
@@ -65,7 +62,7 @@ class PromptLearningModule(ClipMethodModule):
 
     def setup(self, stage: str) -> None:
         # The teacher exists only while fitting: evaluation never pays for loading it.
-        if stage == "fit" and self.objective != "supervised" and self.teacher is None:
+        if stage == "fit" and self.objective.uses_teacher and self.teacher is None:
             self.teacher = self._teacher_loader().freeze()
 
     def _use_classes(self, which: str) -> None:
@@ -85,52 +82,33 @@ class PromptLearningModule(ClipMethodModule):
         self._use_classes("eval")
 
     def _teacher_text(self) -> torch.Tensor:
+        """The teacher's text features of the objective's prompts (raw; normalised at use)."""
         if self.teacher_text.numel() == 0:
-            cache = self.config["kdpl"]["text_cache_dir"]
-            feats = cached_text_features(self.teacher, self.teacher_prompts, cache)
-            self.teacher_text = F.normalize(feats.to(self.device), dim=-1)
+            cache = getattr(self.objective.settings, "text_cache_dir", None)
+            feats = cached_text_features(self.teacher, self.objective.teacher_prompts(), cache)
+            self.teacher_text = feats.to(self.device)
         return self.teacher_text
 
-    # -- training -----------------------------------------------------------------------------
-    def _teacher_logits(self, images: torch.Tensor) -> torch.Tensor:
+    def teacher_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """The teacher's logits over the objective's classes (the teacher is frozen: no graph)."""
+        scale = self.student if self.objective.teacher_logit_scale == "student" else self.teacher
         with torch.no_grad():
-            features = F.normalize(self.teacher.encode_image(images).float(), dim=-1)
-            source = self.student if self.config["kdpl"]["teacher_logit_scale"] == "student" else self.teacher
-            return source.logit_scale.exp().float() * features @ self._teacher_text().t()
+            return teacher_logits(self.teacher.encode_image(images), self._teacher_text(), scale.logit_scale)
 
-    def _select(self, teacher_logits: torch.Tensor) -> Optional[torch.Tensor]:
-        if self.objective != "kdpl_ca":
-            return None
-        probs = mean_teacher_probs(teacher_logits)
+    def mean_over_ranks(self, tensor: torch.Tensor) -> torch.Tensor:
         if self.trainer.world_size > 1:
-            # One selection for the global batch, as on a single device.
-            probs = self.all_gather(probs).mean(dim=0)
-        return topk_classes(probs, self.config["kdpl"]["k_max"])
+            return self.all_gather(tensor).mean(dim=0)
+        return tensor
 
+    # -- training -----------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
         images, labels = batch["image"], batch["label"]
-        logs = {}
-        if self.objective == "supervised":
-            output = self.learner(images)
-            loss = F.cross_entropy(output.logits.float(), labels)
-            logs["train/ce"] = loss.detach()
-        else:
-            teacher_logits = self._teacher_logits(images)
-            selected = self._select(teacher_logits)
-            if selected is not None:
-                teacher_logits = teacher_logits[:, selected]
-                logs["train/selected_classes"] = torch.tensor(float(selected.numel()))
-            output = self.learner(images, class_indices=selected)
-            loss, forward, reverse = symmetric_kl(output.logits, teacher_logits,
-                                                  self.config["kdpl"]["alpha"], self.config["kdpl"]["beta"])
-            agreement = (output.logits.argmax(-1) == teacher_logits.argmax(-1)).float().mean()
-            teacher_p = teacher_logits.softmax(-1)
-            logs.update({"train/kl_forward": forward.detach(), "train/kl_reverse": reverse.detach(),
-                         "train/teacher_agreement": agreement,
-                         "train/teacher_entropy": -(teacher_p * teacher_p.clamp_min(1e-12).log()).sum(-1).mean()})
-        reg, parts = self.learner.regularization_loss(output)
-        loss = loss + reg
-        logs.update({f"train/{k}": v.detach() for k, v in parts.items()})
+        step = TrainingStep(self.learner, images, labels,
+                            self.teacher_logits if self.teacher is not None else None, self.mean_over_ranks)
+        result = self.objective.training_loss(step)
+        reg, parts = self.learner.regularization_loss(result.output)
+        loss = result.loss + reg
+        logs = {**result.logs, **{f"train/{k}": v.detach() for k, v in parts.items()}}
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"non-finite training loss ({loss.item()}) at epoch {self.current_epoch}, "
                                      f"step {self.global_step}; last logged parts: {logs}")
@@ -149,12 +127,7 @@ class PromptLearningModule(ClipMethodModule):
             log.info("loaded the Gaussian prompt aggregate over %d epochs", self.aggregator.epochs)
 
     def configure_optimizers(self):
-        opt = self.config["optim"]
-        params = [p for p in self.learner.parameters() if p.requires_grad]
-        optimizer = torch.optim.SGD(params, lr=opt["lr"], momentum=opt["momentum"], weight_decay=opt["weight_decay"])
-        scheduler = cosine_epoch_scheduler(optimizer, self.config["trainer"]["max_epochs"], opt["warmup_epochs"],
-                                           opt["warmup_lr"], opt["eta_min_ratio"])
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        return sgd_with_schedule({"prompt": list(self.learner.parameters())}, self.optim, self.max_epochs)
 
     # -- evaluation -----------------------------------------------------------------------------
     def _eval_step(self, batch, metric, stage: str) -> None:
@@ -195,3 +168,4 @@ class PromptLearningModule(ClipMethodModule):
     def load_export(self, tensors: dict, metadata: dict) -> None:
         prefix = "learner."
         self.learner.load_learned_state({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+

@@ -22,6 +22,11 @@ if SHARED_ASSETS.is_dir():
 
 import pytest  # noqa: E402
 
+from clipdistill.app import register_config_sections  # noqa: E402
+
+# Every method family's config schema, as the entry points register it (light: no torch).
+register_config_sections()
+
 
 def _refuse_network(*args, **kwargs):
     raise OSError("network access is disabled in tests")

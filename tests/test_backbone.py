@@ -230,15 +230,14 @@ def test_custom_text_tower_refused(tiny_clip_config):
         load_backbone("ViT-B-16-SigLIP")
 
 
-def test_synthetic_name_resolves_lazily(backbone, tokens, tmp_path, monkeypatch):
-    import sys
-    import types
+def test_registered_resolvers_serve_their_names(backbone, tokens, tmp_path, monkeypatch):
+    from clipcore import backbone as backbone_module
 
-    bundle = save_local_dir(backbone, None, tmp_path / "synthetic-student")
-    fake = types.ModuleType("clipcore.synthetic.models")
-    fake.resolve_synthetic = lambda name: bundle if name == "synthetic-student" else None
-    monkeypatch.setitem(sys.modules, "clipcore.synthetic.models", fake)
-    loaded = load_backbone("synthetic-student")
-    assert loaded.name == "synthetic-student" and loaded.pretrained is None
+    bundle = save_local_dir(backbone, None, tmp_path / "zoo-student")
+    calls = []
+    monkeypatch.setattr(backbone_module, "_RESOLVERS", {})
+    backbone_module.register_backbone_resolver("zoo-", lambda name: calls.append(name) or bundle)
+    loaded = load_backbone("zoo-student")
+    assert loaded.name == "zoo-student" and loaded.pretrained is None and calls == ["zoo-student"]
     with torch.no_grad():
         torch.testing.assert_close(loaded.encode_text(tokens), backbone.encode_text(tokens), atol=0, rtol=0)

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from clipcore.config import ConfigError, load_config, save_config, from_plain, to_plain
+from clipcore.config import CONFIG_DIR, ConfigError, from_plain, load_config, read_stored, save_config, to_plain
 
 
 def write(path: Path, text: str) -> Path:
@@ -74,3 +74,83 @@ def test_saved_config_round_trips(tmp_path):
     cfg = load_config([], ["trainer.max_epochs=4", "data.name=dtd"])
     save_config(cfg, tmp_path / "run" / "config.yaml")
     assert load_config([tmp_path / "run" / "config.yaml"]) == cfg
+
+
+# -- keys a method does not read ----------------------------------------------------------------
+def test_a_key_of_another_method_is_an_error_naming_who_reads_it():
+    with pytest.raises(ConfigError, match=r"'gcd.tau' is not read by method 'coop' \(it is read by spectralgcd"):
+        load_config([], ["method=coop", "gcd.tau=0.1"])
+    with pytest.raises(ConfigError, match=r"'data.num_shots' is not read by method 'spectralgcd'.*coop"):
+        load_config([], ["method=spectralgcd", "data.num_shots=4"])
+    with pytest.raises(ConfigError, match=r"'objective.k_max' is not read by method 'coop'.*objective.name=kdpl_ca"):
+        load_config([], ["method=coop", "objective.name=kdpl", "objective.k_max=5"])
+    with pytest.raises(ConfigError, match=r"'prompt.depth' is not read by method 'coop'.*maple"):
+        load_config([], ["method=coop", "prompt.depth=3"])
+    # Typos stay typos.
+    with pytest.raises(ConfigError, match=r"unknown config key 'prompt.n_ctxx'. Valid keys under 'prompt'"):
+        load_config([], ["method=coop", "prompt.n_ctxx=3"])
+
+
+def test_one_optim_section_for_every_method():
+    gcd = load_config([], ["method=spectralgcd"])
+    assert (gcd.optim.lr, gcd.optim.group_lr, gcd.optim.warmup_epochs) == (0.1, {"backbone": 0.005}, 0)
+    assert load_config([], ["method=spectralgcd", "optim.lr=0.2"]).optim.lr == 0.2
+    assert load_config([], ["method=coop"]).optim.group_lr == {}
+
+
+def test_group_lr_may_only_name_the_methods_parameter_groups():
+    import torch
+
+    from clipcore.schedule import sgd_with_schedule
+
+    cfg = load_config([], ["method=spectralgcd", "optim.group_lr.head=0.3"])
+    params = {name: [torch.nn.Parameter(torch.zeros(2))] for name in ("backbone", "head", "ln_t")}
+    groups = sgd_with_schedule(params, cfg.optim, 10)["optimizer"].param_groups
+    assert [(g["name"], g["lr"]) for g in groups] == [("backbone", 0.005), ("head", 0.3), ("ln_t", 0.1)]
+    bad = load_config([], ["method=spectralgcd", "optim.group_lr.prompt=0.3"])
+    with pytest.raises(ConfigError, match=r"optim.group_lr names parameter groups \['prompt'\]"):
+        sgd_with_schedule(params, bad.optim, 10)
+
+
+def test_override_values_yaml_cannot_read_are_taken_as_text():
+    cfg = load_config([], ['zeroshot.template=a photo of the number: "{}".'])
+    assert cfg.zeroshot.template == 'a photo of the number: "{}".'
+    assert load_config([], ["zeroshot.template=a {} of: colours"]).zeroshot.template == "a {} of: colours"
+    assert load_config([], ["seed=3"]).seed == 3  # YAML still reads what it can
+    with pytest.raises(ConfigError, match=r"invalid value for 'seed'"):
+        load_config([], ["seed=three"])
+
+
+# -- configs stored by the previous version (v0.1: flat prompt, kdpl.*, GCD optimiser in gcd) ------
+STORED = Path(__file__).resolve().parent / "assets" / "stored_configs"
+
+
+def test_a_v01_prompt_config_loads_in_the_current_keys():
+    import yaml
+
+    old = yaml.safe_load((STORED / "v0.1-coop-kdpl_ca.yaml").read_text())
+    assert "kdpl" in old and "gcd" in old and "depth" in old["prompt"]  # the old layout
+    cfg = load_config(base=old)
+    assert (cfg.objective.name, cfg.objective.k_max, cfg.seed) == ("kdpl_ca", 64, 3)
+    assert cfg.objective.dictionary == "spectralgcd/openimages_dictionary.csv"
+    assert set(cfg.prompt) == {"text_chunk_size", "init_std", "n_ctx", "ctx_init", "class_token_position",
+                               "class_specific"}
+    assert "gcd" not in cfg and "prop_train_labels" not in cfg.data
+    # Resuming a run stored in the old layout with the equivalent new command line sees no change.
+    from clipcore.resume import config_changes
+
+    new = load_config([CONFIG_DIR / "method" / "coop.yaml", CONFIG_DIR / "objective" / "kdpl_ca.yaml",
+                       CONFIG_DIR / "data" / "dtd.yaml"],
+                      ["objective.k_max=64", "seed=3", "student.name=synthetic-student", "student.pretrained=null",
+                       "teacher.name=ViT-H-14-quickgelu"])
+    assert config_changes(read_stored(old), to_plain(new)) == {}
+
+
+def test_a_v01_gcd_config_moves_its_optimiser_and_loss():
+    import yaml
+
+    cfg = load_config(base=yaml.safe_load((STORED / "v0.1-spectralgcd.yaml").read_text()))
+    assert (cfg.optim.lr, cfg.optim.group_lr, cfg.optim.weight_decay, cfg.optim.eta_min_ratio) == (
+        0.2, {"backbone": 0.005, "ln_t": 0.1}, 5e-5, 1e-3)
+    assert cfg.gcd.loss.info_nce_temperature == 0.5 and cfg.gcd.loss.sup_weight == 0.35
+    assert "num_shots" not in cfg.data and cfg.data.prop_train_labels == 0.5

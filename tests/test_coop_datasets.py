@@ -5,10 +5,11 @@ import json
 from pathlib import Path
 
 import pytest
+from coop_layouts import ALL_NAMES, JSON_LAYOUTS, snapshot, write_coop_dataset
 
 import kdpl.datasets  # noqa: F401  (registers the datasets)
+from clipcore.classnames import prompts_for
 from clipcore.data import DataError, get_dataset, list_datasets, load_image, subsample_classes
-from coop_layouts import ALL_NAMES, JSON_LAYOUTS, snapshot, write_coop_dataset
 
 CLASSES = {
     "fgvc_aircraft": ["707-320", "F-16A/B", "Global Express"],  # spaces and slashes are kept
@@ -39,7 +40,7 @@ def test_all_fifteen_registered_with_spec_templates():
     assert len(ALL_NAMES) == 15
     for name, template in SPEC_TEMPLATES.items():
         assert get_dataset(name).template == template, name
-    assert get_dataset("oxford_pets").prompts(["basset_hound"]) == [
+    assert prompts_for(get_dataset("oxford_pets").template, ["basset_hound"]) == [
         "a photo of a basset hound, a type of pet."]
 
 

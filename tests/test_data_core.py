@@ -7,6 +7,7 @@ from collections import Counter
 
 import pytest
 import torch
+from coop_layouts import snapshot, write_image
 from PIL import Image
 
 from clipcore.data import (
@@ -21,17 +22,16 @@ from clipcore.data import (
     EpochSeededSampler,
     ImageDataset,
     build_eval_transform,
+    build_gcd_transform,
     build_train_transform,
-    build_transform,
     load_image,
     read_coop_split_json,
     read_image_folder,
+    registry,
     require_dir,
     sample_few_shot,
     subsample_classes,
 )
-from clipcore.data import registry
-from coop_layouts import snapshot, write_image
 
 
 def _items(counts: list[int], root="/nowhere") -> list[Datum]:
@@ -195,7 +195,7 @@ def test_subsample_uses_labels_present_in_train():
 def test_transforms_shapes_and_named_normalisation():
     image = Image.new("RGB", (40, 30), (255, 0, 128))
     for transform in (build_train_transform(16), build_eval_transform(16),
-                      build_transform(True, 16, kind="gcd"), build_transform(False, 16, kind="gcd")):
+                      build_gcd_transform(True, 16), build_gcd_transform(False, 16)):
         assert transform(image).shape == (3, 16, 16)
     # constant image: eval output is exactly (v/255 - mean) / std per channel
     for name, (mean, std) in (("clip", (CLIP_MEAN, CLIP_STD)),

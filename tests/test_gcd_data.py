@@ -10,9 +10,17 @@ from PIL import Image
 
 from clipcore.config import ConfigError
 from clipcore.data import DataError, Datum
-from gcd.data import (ArrayImageSource, RawGCDData, get_gcd_dataset, imagenet_100_class_indices,
-                      list_gcd_datasets, load_gcd_splits, make_gcd_splits, ssb_class_split,
-                      subsample_instances)
+from gcd.data import (
+    ArrayImageSource,
+    RawGCDData,
+    get_gcd_dataset,
+    imagenet_100_class_indices,
+    list_gcd_datasets,
+    load_gcd_splits,
+    make_gcd_splits,
+    ssb_class_split,
+    subsample_instances,
+)
 
 SPEC_IN100 = [1, 14, 27, 31, 45, 55, 77, 103, 108, 141, 142, 175, 196, 202, 230, 231, 236, 239,
               247, 251, 252, 261, 262, 264, 267, 270, 272, 279, 295, 298, 299, 306, 310, 311, 316,

@@ -5,10 +5,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gcd.losses import (GCDLossConfig, distill_kl, gcd_total_loss, info_nce_logits,
-                        mean_entropy_regularizer, self_distillation_loss, supcon_loss,
-                        teacher_temperature_schedule)
-
+from gcd.config import GCDLossConfig
+from gcd.losses import (
+    GCDLoss,
+    distill_kl,
+    gcd_total_loss,
+    info_nce_logits,
+    mean_entropy_regularizer,
+    self_distillation_loss,
+    supcon_loss,
+    teacher_temperature_schedule,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -150,8 +157,8 @@ def _batch(b=4, c=3, d=8, k=10):
 
 def test_total_loss_combines_terms_with_reference_weights():
     proj, logits, labels, mask, (s_rep, t_rep) = _batch()
-    cfg = GCDLossConfig(memax_weight=2.0)
-    terms = cfg(proj, logits, labels, mask, epoch=3)
+    loss = GCDLoss(GCDLossConfig(memax_weight=2.0))
+    terms = loss(proj, logits, labels, mask, epoch=3)
     lam = 0.35
     expected = ((1 - lam) * (terms["cluster"] + 2.0 * terms["memax"]) + lam * terms["cls"]
                 + (1 - lam) * terms["contrastive"] + lam * terms["supcon"])
@@ -163,7 +170,7 @@ def test_total_loss_combines_terms_with_reference_weights():
     assert terms["cls"].item() == pytest.approx(ce.item(), rel=1e-6)
     assert terms["cluster"].item() == pytest.approx(self_distillation_loss(logits, 3).item())
 
-    with_kd = gcd_total_loss(proj, logits, labels, mask, 3, config=cfg, student_rep=s_rep,
+    with_kd = gcd_total_loss(proj, logits, labels, mask, 3, config=loss.config, student_rep=s_rep,
                              teacher_rep=t_rep)
     fwd, rev = distill_kl(s_rep, t_rep)
     assert with_kd["loss"].item() == pytest.approx((terms["loss"] + fwd + rev).item(), rel=1e-6)

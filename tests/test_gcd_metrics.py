@@ -9,9 +9,16 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from gcd.metrics import (GCDAccuracy, cluster_acc, confusion_matrix, count_matrix,
-                         matched_predictions, plot_confusion, split_cluster_acc_v1,
-                         split_cluster_acc_v2)
+from gcd.metrics import (
+    GCDAccuracy,
+    cluster_acc,
+    confusion_matrix,
+    count_matrix,
+    matched_predictions,
+    plot_confusion,
+    split_cluster_acc_v1,
+    split_cluster_acc_v2,
+)
 
 
 def brute_force_v2(y_true, y_pred, old_mask):

@@ -9,16 +9,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from gcd_layouts import CONCEPTS, GCD_CLASSES, GCD_KNOWN, write_dictionary, write_gcd_image_folder
+from training_helpers import epochs_done, gcd_overrides
 
 from clipcore import runner
 from clipcore.backbone import ClipBackbone
 from clipcore.build import backbone_from_config
-from clipdistill.app import register_methods
 from clipcore.config import load_config
 from clipcore.export import read_export
-from clipcore.registry import get_method
-from gcd_layouts import CONCEPTS, GCD_CLASSES, GCD_KNOWN, write_dictionary, write_gcd_image_folder
-from training_helpers import epochs_done, gcd_overrides
+from clipcore.registry import method_builder
+from clipdistill.app import register_methods
 
 register_methods()
 REPO = Path(__file__).resolve().parents[1]
@@ -141,7 +141,7 @@ def test_teacher_cache_is_hit_and_recomputed_when_its_inputs_change(tmp_path, mo
 
     def representations(**extra):
         calls.clear()
-        module, _ = get_method("spectralgcd").build(make_config(tmp_path, data, dictionary, **extra))
+        module, _ = method_builder("spectralgcd")(make_config(tmp_path, data, dictionary, **extra))
         return module._teacher_representations(), len(calls)
 
     first, n_first = representations()
@@ -183,7 +183,7 @@ def test_resume_equals_uninterrupted_run_and_reuses_the_teacher_cache(tmp_path):
 def test_gradients_reach_only_the_last_vision_block_ln_t_and_head(tmp_path):
     data = write_gcd_image_folder(tmp_path / "data")
     dictionary = write_dictionary(tmp_path / "dictionary.csv")
-    module, dm = get_method("spectralgcd").build(make_config(tmp_path, data, dictionary))
+    module, dm = method_builder("spectralgcd")(make_config(tmp_path, data, dictionary))
     module.teacher_reps = torch.randn(len(dm.splits.train), len(module.concepts))
     batch = next(iter(dm.train_dataloader()))
     module.compute_losses(batch)["loss"].backward()
@@ -214,11 +214,11 @@ def test_simgcd_trains_without_concepts_or_teacher(tmp_path):
 
 
 def test_memax_weight_and_template_tables():
-    from gcd.config import GCDSection, memax_weight, prompt_template
+    from gcd.config import GCDLossConfig, GCDSection, memax_weight, prompt_template
 
     section = GCDSection()
-    assert [memax_weight(section, d) for d in ("cub", "scars", "aircraft", "cifar10", "cifar100",
-                                                "imagenet_100", "image_folder")] == [2, 2, 1, 1, 4, 1, 1]
-    assert memax_weight(GCDSection(memax_weight=3.0), "cub") == 3.0
+    assert [memax_weight(section.loss, d) for d in ("cub", "scars", "aircraft", "cifar10", "cifar100",
+                                                     "imagenet_100", "image_folder")] == [2, 2, 1, 1, 4, 1, 1]
+    assert memax_weight(GCDLossConfig(memax_weight=3.0), "cub") == 3.0
     assert prompt_template(section, "cub") == "a photo of a {} ."
     assert prompt_template(GCDSection(specialized_template=True), "cub") == "a photo of a {}, a type of bird."

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from gcd_layouts import write_gcd_image_folder
 from lightning.pytorch.callbacks import Callback
 from safetensors.torch import save_file
+from training_helpers import overrides, tiny_dataset
 
 from clipcore import runner
 from clipcore.checkpoint_file import verify_checkpoint
@@ -25,8 +27,6 @@ from clipcore.status import PREEMPTED, end_attempt, read_status
 from clipcore.teacher import load_or_compute
 from clipdistill import evaluate, train
 from clipdistill.app import register_methods
-from gcd_layouts import write_gcd_image_folder
-from training_helpers import overrides, tiny_dataset
 
 register_methods()
 
@@ -188,7 +188,8 @@ def test_class_list_differences_show_what_differs():
         "7 expected vs 7 given; first difference at index 5: 'f' vs 'g'")
     message = list_difference(["cat", "dog", "owl"], ["cat", "dog", "emu", "owl"])
     assert "missing" not in message and "extra ['emu']" in message and "index 2: 'owl' vs 'emu'" in message
-    assert list_difference(["a", "b"], ["a"]) == "2 expected vs 1 given; missing ['b']; first difference at index 1: 'b' vs '<end>'"
+    assert list_difference(["a", "b"], ["a"]) == (
+        "2 expected vs 1 given; missing ['b']; first difference at index 1: 'b' vs '<end>'")
 
 
 # -- SLURM -------------------------------------------------------------------------------------

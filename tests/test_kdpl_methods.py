@@ -15,21 +15,30 @@ from pathlib import Path
 import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
+from training_helpers import (
+    CLASSES,
+    DICTIONARY,
+    epochs_done,
+    prompt_method_files,
+    prompt_overrides,
+    tiny_dataset,
+    write_class_dictionary,
+)
 
 from clipcore import runner
-from clipdistill.app import register_methods
 from clipcore.config import load_config
 from clipcore.data.datamodule import ClassificationDataModule
-from training_helpers import (CLASSES, DICTIONARY, epochs_done, prompt_method_files, prompt_overrides,
-                              tiny_dataset, write_class_dictionary)
+from clipdistill.app import register_methods
 
 register_methods()
 
 from kdpl import methods as kdpl_methods  # noqa: E402
+from kdpl.config import declared_learners, declared_objectives  # noqa: E402
 from kdpl.module import PromptLearningModule  # noqa: E402
 
-LEARNERS = ("coop", "cocoop", "vpt", "maple", "promptsrc")
-OBJECTIVES = ("supervised", "kdpl", "kdpl_ca")
+# The registries, read from the learner and objective files: a new one is covered unedited.
+LEARNERS = sorted(declared_learners())
+OBJECTIVES = sorted(declared_objectives())
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +53,8 @@ def dictionary(tmp_path_factory) -> Path:
 
 def make_config(tmp_path, data, dictionary, learner="coop", objective="supervised", **extra):
     return load_config(prompt_method_files(learner, objective),
-                       prompt_overrides(data, tmp_path / "runs", dictionary, tmp_path / "cache", learner, **extra))
+                       prompt_overrides(data, tmp_path / "runs", dictionary, tmp_path / "cache", learner, objective,
+                                        **extra))
 
 
 def last_ckpt(run_dir: Path) -> dict:
@@ -119,16 +129,18 @@ def test_kdpl_never_reads_labels(tmp_path, data, dictionary, monkeypatch, object
 
 def test_kdpl_ca_trains_on_dictionary_and_evaluates_on_dataset(tmp_path, data, dictionary, monkeypatch):
     seen = {"train": set(), "selected": set(), "eval": set()}
+    from kdpl.objectives.kdpl_ca import KDPLCA
+
     train_step, eval_step = PromptLearningModule.training_step, PromptLearningModule._eval_step
-    select = PromptLearningModule._select
+    select = KDPLCA.select_classes
 
     def record_train(self, batch, batch_idx):
         seen["train"].add(tuple(self.learner.classnames))
         return train_step(self, batch, batch_idx)
 
-    def record_select(self, teacher_logits):
+    def record_select(self, teacher_logits, step):
         assert teacher_logits.shape[1] == len(DICTIONARY)
-        chosen = select(self, teacher_logits)
+        chosen = select(self, teacher_logits, step)
         seen["selected"].add(chosen.numel())
         return chosen
 
@@ -137,7 +149,7 @@ def test_kdpl_ca_trains_on_dictionary_and_evaluates_on_dataset(tmp_path, data, d
         return eval_step(self, batch, metric, stage)
 
     monkeypatch.setattr(PromptLearningModule, "training_step", record_train)
-    monkeypatch.setattr(PromptLearningModule, "_select", record_select)
+    monkeypatch.setattr(KDPLCA, "select_classes", record_select)
     monkeypatch.setattr(PromptLearningModule, "_eval_step", record_eval)
     run_dir = runner.train(make_config(tmp_path, data, dictionary, "coop", "kdpl_ca", trainer__max_epochs=1))
     assert seen["train"] == {tuple(DICTIONARY)}
@@ -173,3 +185,28 @@ def test_teacher_loaded_for_training_only_and_text_features_cached(tmp_path, dat
                                       experiment="again"))
     assert second != first and loads == ["tiny", "tiny-teacher"]
     assert encodes == [len(CLASSES)], "the cached teacher text features must be reused"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("learner", LEARNERS)
+def test_ddp_on_two_cpu_processes(tmp_path, data, dictionary, learner):
+    """Every learner under DDP (gloo, 2 processes) with KDPL-CA, whose class selection is made
+    once for the global batch: one run folder, one attempt, a checkpoint and test metrics."""
+    import os
+    import subprocess
+    import sys
+
+    args = prompt_overrides(data, tmp_path / "runs", dictionary, tmp_path / "cache", learner, "kdpl_ca",
+                            trainer__max_epochs=1)
+    files = [x for f in prompt_method_files(learner, "kdpl_ca") for x in ("-c", str(f))]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env.pop("CLIPCORE_RUN_DIR", None)
+    proc = subprocess.run([sys.executable, "-m", "clipdistill.train", *files,
+                           "-c", str(Path(__file__).resolve().parents[1] / "configs" / "trainer" / "ddp_cpu.yaml"),
+                           *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run_dir,) = (tmp_path / "runs" / "test").iterdir()
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["status"] == "finished" and len(status["attempts"]) == 1
+    assert last_ckpt(run_dir)["state_dict"]
+    assert 0.0 <= json.loads((run_dir / "eval" / "metrics.json").read_text())["test/acc"] <= 1.0

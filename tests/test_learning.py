@@ -46,7 +46,11 @@ def test_quick_demo_writes_the_table_with_every_row_and_the_plots(quick_demo):
         assert f"| {title} |" in table
     assert "Spectral filtering" in table
     assert (out / "results.png").stat().st_size > 0
-    assert (out / "filter" / "spectrum.png").stat().st_size > 0
+    assert Path(result["filter"]["spectrum"]).stat().st_size > 0
+    # The GCD part is the gcd protocol: its own table, on the synthetic world, in one call.
+    gcd_table = (out / "gcd" / "results.md").read_text()
+    assert "| spectralgcd | image_folder |" in gcd_table and "| simgcd | image_folder |" in gcd_table
+    assert "| coop+kdpl | shapeworld |" in (out / "b2n" / "results.md").read_text()
     for r in result["rows"]:
         for column in demo.COLUMNS:
             assert r.get(column) is None or 0.0 <= r[column] <= 1.0
@@ -78,12 +82,12 @@ def _test_logits(out: Path, label: str):
     """Student logits (zero-shot prompt init and trained) and teacher logits on the base test split."""
     from clipcore import runner
     from clipcore.build import backbone_from_config
-    from clipcore.registry import get_method
+    from clipcore.registry import build_method
     from clipcore.teacher import encode_prompts
 
     ckpt = next((out / "b2n" / label / "shapeworld" / f"seed{PROFILE.seed}").glob("*/checkpoints/last.ckpt"))
     cfg, trained, datamodule = runner.module_from_checkpoint(ckpt)
-    initial, _ = get_method(cfg.method).build(cfg)  # same config, prompts at their initialisation
+    initial, _ = build_method(cfg)  # same config, prompts at their initialisation
     teacher = backbone_from_config(cfg.teacher).freeze().eval()
     text = F.normalize(encode_prompts(teacher, [f"a photo of a {c}." for c in datamodule.classnames]), dim=-1)
     datamodule.setup("test")

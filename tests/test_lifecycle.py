@@ -18,14 +18,21 @@ from pathlib import Path
 
 import pytest
 import torch
+from gcd_layouts import write_dictionary, write_gcd_image_folder
+from training_helpers import (
+    CONFIG_DIR,
+    REPO,
+    gcd_overrides,
+    prompt_method_files,
+    prompt_overrides,
+    tiny_dataset,
+    write_class_dictionary,
+)
 
 from clipcore import runner
 from clipcore.config import load_config
 from clipcore.status import read_status
 from clipdistill.app import register_methods
-from gcd_layouts import write_dictionary, write_gcd_image_folder
-from training_helpers import (CONFIG_DIR, REPO, gcd_overrides, prompt_method_files, prompt_overrides,
-                              tiny_dataset, write_class_dictionary)
 
 register_methods()
 pytestmark = pytest.mark.slow
@@ -62,7 +69,7 @@ def cell_args(cell: str, inputs, out: Path, **extra) -> tuple[list[Path], list[s
             out, inputs["gcd"], inputs["concepts"], **common)
     learner, objective = cell.split("+")
     return prompt_method_files(learner, objective), prompt_overrides(
-        inputs["coop"], out / "runs", inputs["class_dictionary"], out / "cache", learner,
+        inputs["coop"], out / "runs", inputs["class_dictionary"], out / "cache", learner, objective,
         data__num_shots=4, trainer__limit_train_batches="null", **common)
 
 
@@ -245,7 +252,8 @@ def test_an_unknown_method_and_a_bad_value_end_with_one_message_and_no_run_folde
     files, args = cell_args("coop+supervised", inputs, tmp_path)
     config = [x for f in files for x in ("-c", str(f))]
     assert train.main([*config, *args, "method=coopp"]) == 2
-    assert "error: unknown method 'coopp' (config key 'method'). Registered methods: cocoop, coop" in capsys.readouterr().err
-    assert train.main([*config, *args, "kdpl.objective=kdpll"]) == 2
-    assert "error: kdpl.objective='kdpll': expected one of supervised, kdpl, kdpl_ca" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "error: unknown method 'coopp' (config key 'method'). Known methods: cocoop, coop" in err
+    assert train.main([*config, *args, "objective.name=kdpll"]) == 2
+    assert "error: objective.name='kdpll': expected one of kdpl, kdpl_ca, supervised" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()

@@ -8,14 +8,12 @@ import torch.nn.functional as F
 
 from clipcore.backbone import load_backbone
 from clipcore.config import ConfigError
-from kdpl.prompts import PROMPT_LEARNERS, PromptConfig, build_prompt_learner, gaussian_weights
+from kdpl.prompts import PROMPT_LEARNERS, build_prompt_learner, gaussian_weights
 from kdpl.prompts.gpa import PromptAggregator
 from kdpl.prompts.hooks import deep_text_hook, deep_vision_hook
 from kdpl.templates import IMAGENET_TEMPLATES
 
 CLASSNAMES = ["cat", "golden_retriever", "sea lion", "hot-air balloon", "x"]
-# The tiny model has 2 blocks per tower, so deep prompts go 2 deep.
-TINY_CFG = {"coop": {}, "cocoop": {}, "vpt": {"depth": 2}, "maple": {"depth": 2}, "promptsrc": {"depth": 2}}
 ALL = sorted(PROMPT_LEARNERS)
 
 
@@ -32,7 +30,8 @@ def images():
 
 def build(name, backbone, classnames=CLASSNAMES, seed=0, **overrides):
     torch.manual_seed(seed)
-    return build_prompt_learner(name, backbone, classnames, {**TINY_CFG[name], **overrides})
+    # Each learner's own settings for the 2-block tiny towers (deep prompts go 2 deep).
+    return build_prompt_learner(name, backbone, classnames, {**PROMPT_LEARNERS[name].tiny_test_settings, **overrides})
 
 
 def perturb(learner, seed=2):
@@ -275,8 +274,10 @@ def test_random_context_and_config_errors(tiny):
     assert 0.015 < learner.ctx.std().item() < 0.025
     with pytest.raises(ValueError, match="n_ctx"):
         build("coop", tiny, n_ctx=5)  # more tokens than "a photo of a" has
-    with pytest.raises(ValueError, match="Unknown prompt config keys"):
-        PromptConfig.from_any({"n_cxt": 4})
+    with pytest.raises(ConfigError, match=r"coop: unknown prompt config keys \['n_cxt'\]"):
+        build("coop", tiny, n_cxt=4)
+    with pytest.raises(ConfigError, match="unknown prompt config keys.*class_specific"):
+        build("maple", tiny, class_specific=True)  # only CoOp has class-specific contexts
     with pytest.raises(ValueError, match="depth"):
         build("maple", tiny, depth=3)  # the tiny towers have 2 blocks
     with pytest.raises(ConfigError, match="available"):

@@ -1,7 +1,9 @@
-"""Protocol runner and seed aggregation (kdpl spec §4).
+"""Protocol runner and seed aggregation (kdpl spec §4, the GCD tables).
 
-Aggregation is checked on hand-made numbers; the runner end to end (``python -m kdpl.protocols``)
-on the tiny CLIPs and tiny CoOp-layout datasets, including the reuse of finished runs.
+Aggregation is checked on hand-made numbers; the runner end to end
+(``python -m clipdistill.protocols``) on the tiny CLIPs and tiny datasets, including the reuse
+of finished runs, the GCD protocol, and the sweep backends (printed commands, parallel local
+processes, submitit's local executor).
 """
 from __future__ import annotations
 
@@ -11,13 +13,25 @@ import json
 from pathlib import Path
 
 import pytest
-
-from clipdistill.app import register_methods
-from kdpl import protocols
-from kdpl.results import SeedResult, aggregate, harmonic_mean, to_csv, to_markdown
 from training_helpers import TINY, TINY_TEACHER, tiny_dataset
 
+from clipcore.config import ConfigError, load_config
+from clipdistill.app import register_methods
+from clipdistill.protocols import Execution, get_protocol, run_protocol
+from clipdistill.protocols.__main__ import main as protocols_main
+from clipdistill.protocols.base import MethodSpec
+from clipdistill.protocols.kdpl_protocols import parse_prompt_method
+from clipdistill.protocols.results import SeedResult, harmonic_mean, to_csv
+
 register_methods()
+
+
+def aggregate(protocol, results, source="imagenet"):
+    return get_protocol(protocol).aggregate(results, source)
+
+
+def to_markdown(protocol, cells, source="imagenet"):
+    return get_protocol(protocol).markdown(cells, source)
 
 
 def r(method, dataset, metric, seed, value):
@@ -68,24 +82,43 @@ def test_xd_average_excludes_the_source_dataset():
 def test_aggregate_refuses_a_seed_counted_twice_and_unknown_protocols():
     with pytest.raises(ValueError, match="duplicate"):
         aggregate("dg", [r("coop", "imagenet_a", "acc", 1, 0.1), r("coop", "imagenet_a", "acc", 1, 0.2)])
-    with pytest.raises(ValueError, match="unknown protocol"):
-        aggregate("fewshot", [])
+    with pytest.raises(ConfigError, match="unknown protocol 'fewshot'"):
+        get_protocol("fewshot")
     assert harmonic_mean(0.0, 0.0) == 0.0
 
 
+def test_gcd_aggregate_averages_every_metric_over_datasets():
+    results = [r("spectralgcd", d, m, s, v) for d, m, s, v in (
+        ("cub", "transductive/all_v2", 1, 0.6), ("cub", "transductive/all_v2", 2, 0.8),
+        ("scars", "transductive/all_v2", 1, 0.4), ("cub", "inductive/new_v1", 1, 0.3))]
+    cells = cells_by_key(aggregate("gcd", results))
+    assert cells["spectralgcd", "cub", "transductive/all_v2"].mean == pytest.approx(0.7)
+    assert cells["spectralgcd", "cub", "transductive/all_v2"].std == pytest.approx(0.1)
+    assert cells["spectralgcd", "average", "transductive/all_v2"].mean == pytest.approx(0.55)
+    assert cells["spectralgcd", "average", "inductive/new_v1"].n == 1
+    table = to_markdown("gcd", aggregate("gcd", results))
+    assert "| spectralgcd | cub | 70.00 ± 10.00 | – | – | – | – | – | 2 |" in table
+    assert "### Hungarian accuracy v1" in table
+
+
+def cell_config(protocol, label, dataset, seed):
+    (run,) = get_protocol(protocol).runs([label], [dataset], [seed], [], [], "imagenet")
+    return run.config()
+
+
 def test_method_labels():
-    assert protocols.parse_method("coop") == protocols.MethodSpec("coop", "coop", "supervised")
-    assert protocols.parse_method("maple+kdpl_ca") == protocols.MethodSpec("maple+kdpl_ca", "maple", "kdpl_ca")
-    assert protocols.parse_method("zeroshot-teacher").objective == "teacher"
-    with pytest.raises(ValueError, match="unknown prompt learner .nope."):
-        protocols.parse_method("nope+kdpl")
-    with pytest.raises(ValueError, match="configs/objective/kd.yaml"):
-        protocols.parse_method("coop+kd")
-    cfg = protocols.cell_config("xd", protocols.parse_method("promptsrc+kdpl"), "imagenet", 2)
+    assert parse_prompt_method("coop") == MethodSpec("coop", "coop", "supervised")
+    assert parse_prompt_method("maple+kdpl_ca") == MethodSpec("maple+kdpl_ca", "maple", "kdpl_ca")
+    assert parse_prompt_method("zeroshot-teacher").variant == "teacher"
+    with pytest.raises(ConfigError, match="unknown prompt learner .nope."):
+        parse_prompt_method("nope+kdpl")
+    with pytest.raises(ConfigError, match="unknown objective 'kd'"):
+        parse_prompt_method("coop+kd")
+    cfg = cell_config("xd", "promptsrc+kdpl", "imagenet", 2)
     assert (cfg.prompt.depth, cfg.prompt.gpa_mean, cfg.seed, cfg.data.subsample_classes) == (3, 6.0, 2, "all")
     assert cfg.experiment == "xd-dg/promptsrc+kdpl/imagenet/seed2" and cfg.teacher.pretrained == "dfn5b"
-    cfg = protocols.cell_config("b2n", protocols.parse_method("promptsrc"), "dtd", 1)
-    assert (cfg.prompt.depth, cfg.data.subsample_classes, cfg.kdpl.objective) == (9, "base", "supervised")
+    cfg = cell_config("b2n", "promptsrc", "dtd", 1)
+    assert (cfg.prompt.depth, cfg.data.subsample_classes, cfg.objective.name) == (9, "base", "supervised")
 
 
 def tiny_overrides(data: Path, out: Path, **extra) -> list[str]:
@@ -96,7 +129,8 @@ def tiny_overrides(data: Path, out: Path, **extra) -> list[str]:
         "data.num_workers": 0, "trainer.accelerator": "cpu", "trainer.max_epochs": 1,
         "trainer.limit_train_batches": 2, "trainer.enable_progress_bar": False, "trainer.deterministic": True,
         "logger.wandb.mode": "disabled", "optim.lr": 0.05, "optim.warmup_epochs": 0,
-        "kdpl.text_cache_dir": out.parent / "cache", **extra,
+        # Read by the KDPL cells only: the protocol gives each cell the overrides it reads.
+        "objective.text_cache_dir": out.parent / "cache", **extra,
     }
     return [f"{k}={v}" for k, v in settings.items()]
 
@@ -117,7 +151,7 @@ def test_b2n_cli_runs_reuses_and_reruns(tmp_path, two_datasets, capsys, monkeypa
     out = tmp_path / "runs"
     argv = ["b2n", "--methods", "coop,zeroshot", "--datasets", "oxford_pets,dtd", "--seeds", "1",
             *tiny_overrides(two_datasets, out)]
-    assert protocols.main(argv) == 0
+    assert protocols_main(argv) == 0
     printed = capsys.readouterr().out
     table = (out / "b2n" / "results.md").read_text()
     assert table in printed and "| Method | Dataset | Base | Novel | HM | Seeds |" in table
@@ -142,19 +176,19 @@ def test_b2n_cli_runs_reuses_and_reruns(tmp_path, two_datasets, capsys, monkeypa
 
     monkeypatch.setattr(runner, "train", refuse)
     monkeypatch.setattr(runner, "evaluate", refuse)
-    assert protocols.main(argv) == 0
+    assert protocols_main(argv) == 0
     assert run_dirs(out) == first and (out / "b2n" / "results.md").read_text() == table
     monkeypatch.undo()
 
     # Another hyper-parameter is another config: new runs (coop only; zero-shot does not use optim.lr).
     changed = ["b2n", "--methods", "coop", "--datasets", "dtd", "--seeds", "1",
                *tiny_overrides(two_datasets, out, **{"optim.lr": 0.01})]
-    assert protocols.main(changed) == 0
+    assert protocols_main(changed) == 0
     assert len(run_dirs(out) - first) == 1
 
     # The aggregate command rebuilds the tables from the finished runs' records (newest per cell).
     (out / "b2n" / "results.md").unlink()
-    assert protocols.main(["aggregate", "--root", str(out)]) == 0
+    assert protocols_main(["aggregate", "--root", str(out)]) == 0
     rebuilt = (out / "b2n" / "results.md").read_text()
     assert "| coop | oxford_pets |" in rebuilt and "| zeroshot | dtd |" in rebuilt
 
@@ -162,16 +196,16 @@ def test_b2n_cli_runs_reuses_and_reruns(tmp_path, two_datasets, capsys, monkeypa
 def test_xd_and_dg_share_the_source_run(tmp_path, two_datasets):
     out = tmp_path / "runs"
     overrides = tiny_overrides(two_datasets, out)
-    cells, folder = protocols.run_protocol("xd", ["coop+kdpl"], ["dtd"], [1], [], overrides, source="oxford_pets")
-    assert folder == out / "xd"
-    by_key = cells_by_key(cells)
+    outcome = run_protocol("xd", ["coop+kdpl"], ["dtd"], [1], [], overrides, source="oxford_pets")
+    assert outcome.table_dir == out / "xd"
+    by_key = cells_by_key(aggregate("xd", outcome.results, "oxford_pets"))
     assert by_key["coop+kdpl", "average", "acc"].mean == by_key["coop+kdpl", "dtd", "acc"].mean
     runs = run_dirs(out)
     assert len(runs) == 1
     run = runs.pop()
     assert (run / "eval" / "dtd-all" / "metrics.json").is_file()
     # dg with the same source reuses the run (here with dtd standing in for a target).
-    protocols.run_protocol("dg", ["coop+kdpl"], ["dtd"], [1], [], overrides, source="oxford_pets")
+    run_protocol("dg", ["coop+kdpl"], ["dtd"], [1], [], overrides, source="oxford_pets")
     assert run_dirs(out) == {run} and (run / "protocol-dg.json").is_file()
     assert "| Method | oxford_pets | dtd | Average |" in (out / "dg" / "results.md").read_text()
 
@@ -180,5 +214,99 @@ def test_xd_and_dg_share_the_source_run(tmp_path, two_datasets):
 
     (run / "eval" / "metrics.json").unlink()
     end_attempt(run, PREEMPTED, "SIGTERM", 143)
-    protocols.run_protocol("dg", ["coop+kdpl"], ["dtd"], [1], [], overrides, source="oxford_pets")
+    run_protocol("dg", ["coop+kdpl"], ["dtd"], [1], [], overrides, source="oxford_pets")
     assert run_dirs(out) == {run} and (run / "eval" / "metrics.json").is_file()
+
+
+# -- the GCD protocol ---------------------------------------------------------------------------
+def gcd_protocol_args(tmp_path, seeds="1,2"):
+    from gcd_layouts import write_dictionary, write_gcd_image_folder
+
+    data = write_gcd_image_folder(tmp_path / "gcd-data")
+    dictionary = write_dictionary(tmp_path / "concepts.csv")
+    settings = {
+        "output_dir": tmp_path / "runs", "student.name": "tiny", "student.config": TINY,
+        "student.pretrained": "null", "teacher.name": "tiny-teacher", "teacher.config": TINY_TEACHER,
+        "teacher.pretrained": "null", "data.batch_size": 8, "data.eval_batch_size": 16, "data.num_workers": 0,
+        "trainer.accelerator": "cpu", "trainer.precision": "32-true", "trainer.max_epochs": 1,
+        "trainer.check_val_every_n_epoch": 1, "trainer.enable_progress_bar": False, "trainer.deterministic": True,
+        "logger.wandb.mode": "disabled", "gcd.dictionary": dictionary, "gcd.teacher_cache_dir": tmp_path / "cache",
+        "gcd.feature_dim": 32, "gcd.head_hidden_dim": 64, "gcd.head_bottleneck_dim": 32,
+    }
+    return ["gcd", "--methods", "spectralgcd,simgcd", "--datasets", "image_folder", "--seeds", seeds,
+            "--data-roots", f"image_folder={data}", *[f"{k}={v}" for k, v in settings.items()]]
+
+
+def test_gcd_protocol_filters_trains_and_tabulates_all_old_new_in_one_command(tmp_path, capsys, monkeypatch):
+    args = gcd_protocol_args(tmp_path)
+    assert protocols_main(args) == 0
+    table = (tmp_path / "runs" / "gcd" / "results.md").read_text()
+    assert table in capsys.readouterr().out
+    assert "### Hungarian accuracy v2" in table and "### Hungarian accuracy v1" in table
+    for method in ("spectralgcd", "simgcd"):
+        assert f"| {method} | image_folder |" in table and f"| {method} | **Average** |" in table
+    rows = list(csv.DictReader(open(tmp_path / "runs" / "gcd" / "results.csv")))
+    assert {r["metric"] for r in rows} == {f"{s}/{p}_{v}" for s in ("transductive", "inductive")
+                                           for p in ("all", "old", "new") for v in ("v2", "v1")}
+    image_folder = {r["method"]: r for r in rows
+                    if r["dataset"] == "image_folder" and r["metric"] == "transductive/all_v2"}
+    assert image_folder["spectralgcd"]["n"] == "2" and image_folder["simgcd"]["n"] == "2"
+    # Spectral filtering ran once (the two seeds filter the same inputs), beside the protocol's runs.
+    (concepts,) = (tmp_path / "runs" / "gcd" / "concepts").iterdir()
+    assert (concepts / "image_folder_concepts.csv").is_file() and (concepts / "filter.json").is_file()
+    spectral = next((tmp_path / "runs" / "gcd" / "spectralgcd" / "image_folder" / "seed1").iterdir())
+    assert load_config([spectral / "config.yaml"]).gcd.concepts_csv == str(concepts / "image_folder_concepts.csv")
+
+    # A second call reuses everything.
+    from clipcore import runner
+
+    monkeypatch.setattr(runner, "train", lambda *a, **k: pytest.fail("a finished cell was trained again"))
+    assert protocols_main(args) == 0
+
+
+def test_print_backend_prints_ordinary_train_commands_that_run_as_printed(tmp_path, two_datasets, capsys,
+                                                                         monkeypatch):
+    import shlex
+    import subprocess
+
+    out = tmp_path / "runs"
+    argv = ["b2n", "--methods", "coop,zeroshot", "--datasets", "dtd", "--seeds", "1,2", "--print",
+            *tiny_overrides(two_datasets, out)]
+    assert protocols_main(argv) == 0
+    commands = capsys.readouterr().out.strip().splitlines()
+    assert len(commands) == 2  # the two coop seeds; zero-shot trains nothing
+    assert all(" -m clipdistill.train " in c and "seed=1" in c or "seed=2" in c for c in commands)
+    assert not out.exists()  # printing runs nothing
+    env = {**__import__("os").environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    for command in commands:
+        subprocess.run(shlex.split(command), check=True, env=env, capture_output=True, timeout=300)
+    assert protocols_main(argv) == 0 and capsys.readouterr().out.strip() == "# every cell has finished"
+    # Evaluating and tabulating them trains nothing more.
+    from clipcore import runner
+
+    monkeypatch.setattr(runner, "train", lambda *a, **k: pytest.fail("a printed cell was trained again"))
+    assert protocols_main([a for a in argv if a != "--print"]) == 0
+    assert "| coop | dtd |" in (out / "b2n" / "results.md").read_text()
+
+
+@pytest.mark.slow
+def test_local_backend_trains_cells_in_parallel_processes(tmp_path, two_datasets):
+    out = tmp_path / "runs"
+    outcome = run_protocol("b2n", ["coop"], ["dtd"], [1, 2], [], tiny_overrides(two_datasets, out),
+                           execution=Execution("local", devices=["cpu", "cpu"]))
+    assert not outcome.failed and outcome.table_dir == out / "b2n"
+    logs = sorted((out / "b2n" / "logs").iterdir())
+    assert [p.name for p in logs] == ["coop-dtd-seed1.log", "coop-dtd-seed2.log"]
+    assert "| coop | dtd | " in (out / "b2n" / "results.md").read_text()
+    assert {r.seed for r in outcome.results} == {1, 2}
+
+
+@pytest.mark.slow
+def test_slurm_backend_with_submitits_local_executor_runs_two_cells_and_aggregates(tmp_path, two_datasets):
+    out = tmp_path / "runs"
+    outcome = run_protocol("b2n", ["coop"], ["dtd"], [1, 2], [], tiny_overrides(two_datasets, out),
+                           execution=Execution("slurm", cluster="local", slurm={"timeout_min": 20}))
+    assert not outcome.failed
+    assert len(list((out / "b2n" / "submitit").glob("*_result.pkl"))) == 2  # two jobs ran
+    rows = [r for r in csv.DictReader(open(out / "b2n" / "results.csv")) if r["dataset"] == "dtd"]
+    assert {r["metric"]: r["n"] for r in rows} == {"base": "2", "novel": "2", "hm": "2"}

@@ -14,19 +14,25 @@ from pathlib import Path
 
 import pytest
 import torch
+from gcd_layouts import write_dictionary, write_gcd_image_folder
 from lightning.pytorch.callbacks import Callback
+from training_helpers import (
+    CONFIG_DIR,
+    gcd_overrides,
+    prompt_method_files,
+    prompt_overrides,
+    tiny_dataset,
+    write_class_dictionary,
+)
 
 from clipcore import runner
 from clipcore.config import load_config
 from clipcore.registry import list_methods
 from clipcore.status import read_status
 from clipdistill.app import register_methods
-from gcd_layouts import write_dictionary, write_gcd_image_folder
-from training_helpers import (CONFIG_DIR, gcd_overrides, prompt_method_files, prompt_overrides, tiny_dataset,
-                              write_class_dictionary)
 
 register_methods()
-from kdpl.config import OBJECTIVES  # noqa: E402
+from kdpl.config import declared_objectives  # noqa: E402
 
 GCD_METHODS = ("spectralgcd", "simgcd")
 CRASH_AFTER_STEP = 7  # of 2 epochs x 4 steps; checkpoints every 3 steps (and at each epoch end)
@@ -40,7 +46,7 @@ def method_cells() -> list[str]:
         if method in GCD_METHODS:
             cells.append(method)
         else:
-            cells += [f"{method}+{objective}" for objective in OBJECTIVES]
+            cells += [f"{method}+{objective}" for objective in sorted(declared_objectives())]
     return cells
 
 
@@ -69,7 +75,7 @@ def config_for(cell: str, inputs, out: Path):
     learner, objective = cell.split("+")
     return load_config(prompt_method_files(learner, objective),
                        prompt_overrides(inputs["coop"], out / "runs", inputs["class_dictionary"], out / "cache",
-                                        learner, data__num_shots=4, **common))
+                                        learner, objective, data__num_shots=4, **common))
 
 
 def learned(run_dir: Path) -> dict:

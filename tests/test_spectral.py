@@ -5,9 +5,15 @@ import numpy as np
 import pytest
 import torch
 
-from gcd.spectral import (SpectralAccumulator, plot_spectrum, resolve_method,
-                          spectral_filter, spectral_filter_details, threshold_count,
-                          write_concepts_csv)
+from gcd.spectral import (
+    SpectralAccumulator,
+    plot_spectrum,
+    resolve_method,
+    spectral_filter,
+    spectral_filter_details,
+    threshold_count,
+    write_concepts_csv,
+)
 
 
 def reference_filter(logits: np.ndarray, beta_e: float, beta_c: float):

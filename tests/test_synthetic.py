@@ -8,8 +8,15 @@ import open_clip
 import pytest
 import torch
 
-from clipcore.synthetic import ShapeWorld, demo_dictionary, write_coop_layout, write_gcd_layout
-from clipcore.synthetic import layouts, models, pretrain
+from clipcore.synthetic import (
+    ShapeWorld,
+    demo_dictionary,
+    layouts,
+    models,
+    pretrain,
+    write_coop_layout,
+    write_gcd_layout,
+)
 from clipcore.synthetic.world import COLOURS, SHAPES
 
 

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from training_helpers import epochs_done, overrides, tiny_dataset
 
-from clipdistill.app import register_methods
+from clipcore import runner
 from clipcore.config import load_config
 from clipcore.export import read_export
 from clipcore.module import CheckpointMismatchError
-from clipcore import runner
-from training_helpers import epochs_done, overrides, tiny_dataset
+from clipdistill.app import register_methods
 
 register_methods()
 REPO = Path(__file__).resolve().parents[1]
@@ -55,7 +55,7 @@ def test_training_changes_only_learned_tensors(tmp_path, data):
     run_dir = run_train(tmp_path, trainer__max_epochs=1)
     ckpt = learned(run_dir / "checkpoints" / "last.ckpt")
     cfg = load_config([], overrides(tmp_path / "data", tmp_path / "runs"))
-    module, _ = __import__("clipcore.registry", fromlist=["get_method"]).get_method("coop").build(cfg)
+    module, _ = __import__("clipcore.registry", fromlist=["build_method"]).build_method(cfg)
     # The context moved away from its "a photo of a" initialisation.
     assert not torch.allclose(ckpt["learner.ctx"], module.learner.ctx.detach())
 

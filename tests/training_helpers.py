@@ -12,15 +12,6 @@ CONFIG_DIR = REPO / "configs"
 TINY = TESTS_DIR / "assets" / "tiny-clip.json"
 TINY_TEACHER = TESTS_DIR / "assets" / "tiny-teacher.json"
 CLASSES = ["cat", "dog", "bird", "fish"]
-# Prompt settings small enough for the 2-block tiny model.
-TINY_PROMPT = {
-    "coop": {},
-    "cocoop": {},
-    "vpt": {"prompt.depth": 2, "prompt.vision_ctx": 2},
-    "maple": {"prompt.depth": 2, "prompt.n_ctx": 2},
-    # GPA centred on epoch 1 of 2, so the aggregate differs clearly from the last epoch.
-    "promptsrc": {"prompt.depth": 2, "prompt.vision_ctx": 2, "prompt.n_ctx": 4, "prompt.gpa_mean": 1.0},
-}
 DICTIONARY = ["apple", "tree", "house", "car", "boat", "river", "mountain", "chair", "lamp", "guitar",
               "violin", "pizza", "bread", "castle", "bridge", "tiger", "zebra", "owl", "shark", "rose",
               "tulip", "cactus", "rocket", "train", "bicycle", "helmet", "kettle", "clock", "piano", "drum"]
@@ -40,8 +31,10 @@ def overrides(data_root: Path, out: Path, **extra) -> list[str]:
         "seed": 7,
         "student.name": "tiny",
         "student.config": str(TINY),
+        "student.pretrained": "null",
         "teacher.name": "tiny-teacher",
         "teacher.config": str(TINY_TEACHER),
+        "teacher.pretrained": "null",
         "data.name": "oxford_pets",
         "data.root": str(data_root),
         "data.num_shots": 4,
@@ -77,14 +70,30 @@ def prompt_method_files(learner: str, objective: str) -> list[Path]:
     return [CONFIG_DIR / "method" / f"{learner}.yaml", CONFIG_DIR / "objective" / f"{objective}.yaml"]
 
 
+def tiny_prompt_settings(learner: str) -> dict:
+    """The learner's own settings for the 2-block tiny CLIPs, as ``prompt__<key>`` overrides."""
+    from kdpl.prompts.registry import learner_class
+
+    return {f"prompt__{k}": v for k, v in learner_class(learner).tiny_test_settings.items()}
+
+
+def objective_settings(objective: str, dictionary: Path, cache: Path) -> dict:
+    """Test settings of the keys ``objective`` reads (KDPL-CA: a small dictionary, top-5)."""
+    from dataclasses import fields
+
+    from kdpl.config import declared_objectives
+
+    known = {f.name for f in fields(declared_objectives()[objective].config)}
+    wanted = {"k_max": 5, "dictionary": str(dictionary), "text_cache_dir": str(cache)}
+    return {f"objective__{k}": v for k, v in wanted.items() if k in known}
+
+
 def prompt_overrides(data_root: Path, out: Path, dictionary: Path, cache: Path, learner: str = "coop",
-                     **extra) -> list[str]:
-    """A quick CPU run of the shipped ``learner`` x objective configs on the tiny CLIPs."""
-    settings = {"trainer__max_epochs": 2, "trainer__limit_train_batches": 2, "kdpl__k_max": 5,
-                "teacher__pretrained": "null",  # the objective files name the real DFN weights
-                "kdpl__dictionary": str(dictionary), "kdpl__text_cache_dir": str(cache),
-                "prompt__text_chunk_size": 64,
-                **{k.replace(".", "__"): v for k, v in TINY_PROMPT[learner].items()}}
+                     objective: str = "supervised", **extra) -> list[str]:
+    """A quick CPU run of the shipped ``learner`` x ``objective`` configs on the tiny CLIPs."""
+    settings = {"method": learner, "trainer__max_epochs": 2, "trainer__limit_train_batches": 2,
+                "prompt__text_chunk_size": 64, **tiny_prompt_settings(learner),
+                **objective_settings(objective, dictionary, cache)}
     settings.update(extra)
     return overrides(data_root, out, **settings)
 

@@ -15,7 +15,7 @@ from .readers import (
     require_dir,
     require_file,
 )
-from .records import DatasetSplits, DataError, Datum, classnames_from_items
+from .records import DataError, DatasetSplits, Datum, classnames_from_items
 from .registry import DatasetInfo, get_dataset, list_datasets, register_dataset
 from .sampling import EpochSeededSampler
 from .transforms import (

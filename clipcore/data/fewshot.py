@@ -5,6 +5,7 @@ import math
 import random
 from collections.abc import Iterable
 from dataclasses import replace
+
 from clipcore.config import ConfigError
 
 from .records import DatasetSplits, Datum

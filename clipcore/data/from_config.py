@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+
 from clipcore.config import ConfigError
 
 from .datamodule import ClassificationDataModule

@@ -80,3 +80,4 @@ def classnames_from_items(*splits: list[Datum], source: str = "dataset") -> list
             f"min={labels[0]}, max={labels[-1]}, missing (first 10)={missing}"
         )
     return [names[label] for label in labels]
+

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+
 from clipcore.config import ConfigError
 
 from .records import DatasetSplits
@@ -23,10 +24,6 @@ class DatasetInfo:
     template: str
     layout: str
     read: Reader
-
-    def prompts(self, classnames: list[str]) -> list[str]:
-        """Template filled with each class name, underscores turned into spaces (as CoOp does)."""
-        return [self.template.format(name.replace("_", " ")) for name in classnames]
 
 
 _REGISTRY: dict[str, DatasetInfo] = {}

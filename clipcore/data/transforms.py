@@ -5,6 +5,7 @@ from collections.abc import Sequence
 
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
+
 from clipcore.config import ConfigError
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -81,13 +82,8 @@ def build_gcd_transform(train: bool, image_size: int = 224, mean: Stats = "image
 
 
 def build_transform(train: bool, image_size: int = 224, mean: Stats = None, std=None,
-                    kind: str = "clip", min_crop_scale: float = 0.08) -> T.Compose:
-    """Dispatch on `kind` ('clip': Dassl/CoOp, 'gcd': SimGCD). Default normalisation follows the
-    kind (CLIP stats for 'clip', ImageNet stats for 'gcd')."""
-    if kind == "clip":
-        if train:
-            return build_train_transform(image_size, mean if mean is not None else "clip", std, min_crop_scale)
-        return build_eval_transform(image_size, mean if mean is not None else "clip", std)
-    if kind == "gcd":
-        return build_gcd_transform(train, image_size, mean if mean is not None else "imagenet", std)
-    raise ValueError(f"unknown transform kind {kind!r}; expected 'clip' or 'gcd'")
+                    min_crop_scale: float = 0.08) -> T.Compose:
+    """The Dassl/CoOp train or eval transform (CLIP statistics unless ``mean`` names others)."""
+    if train:
+        return build_train_transform(image_size, mean if mean is not None else "clip", std, min_crop_scale)
+    return build_eval_transform(image_size, mean if mean is not None else "clip", std)

@@ -33,8 +33,14 @@ from pathlib import Path
 
 from clipcore.backbone import register_backbone_resolver
 from clipcore.paths import cache_root
-from clipcore.synthetic.pretrain import (CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE,
-                                         PretrainSettings, pretrain_clip, write_bundle)
+from clipcore.synthetic.pretrain import (
+    CONFIG_FILE,
+    METRICS_FILE,
+    WEIGHTS_FILE,
+    PretrainSettings,
+    pretrain_clip,
+    write_bundle,
+)
 
 log = logging.getLogger(__name__)
 

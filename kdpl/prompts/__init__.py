@@ -1,19 +1,25 @@
-"""Prompt learners for a frozen CLIP (spec kdpl.md §1): CoOp, CoCoOp, VPT, MaPLe, PromptSRC.
+"""Prompt learners for a frozen CLIP (spec kdpl.md §1): CoOp, CoCoOp, VPT, MaPLe, PromptSRC, and
+any learner added as one file in this folder (see ``kdpl.prompts.registry``).
 
-`build_prompt_learner(name, backbone, classnames, cfg)` builds one by registry name; the
-registry (`PROMPT_LEARNERS`) is what the tests parametrize over.
+Names are imported on first use, so ``import kdpl.prompts.config`` (light) never imports torch.
+``PROMPT_LEARNERS`` is the registry with every learner loaded: what the tests parametrize over.
 """
-from kdpl.prompts.base import PromptConfig, PromptLearner, PromptOutput
-from kdpl.prompts.registry import PROMPT_LEARNERS, build_prompt_learner, register_prompt_learner
-from kdpl.prompts.cocoop import CoCoOp
-from kdpl.prompts.coop import CoOp
-from kdpl.prompts.gpa import PromptAggregator, gaussian_weights
-from kdpl.prompts.maple import MaPLe
-from kdpl.prompts.promptsrc import PromptSRC
-from kdpl.prompts.vpt import VPT
+import importlib
 
-__all__ = [
-    "PROMPT_LEARNERS", "PromptConfig", "PromptLearner", "PromptOutput", "build_prompt_learner",
-    "register_prompt_learner", "CoOp", "CoCoOp", "VPT", "MaPLe", "PromptSRC",
-    "PromptAggregator", "gaussian_weights",
-]
+_EXPORTS = {
+    "PromptLearner": "kdpl.prompts.base", "PromptOutput": "kdpl.prompts.base",
+    "register_prompt_learner": "kdpl.prompts.registry", "build_prompt_learner": "kdpl.prompts.registry",
+    "learner_class": "kdpl.prompts.registry", "load_prompt_learners": "kdpl.prompts.registry",
+    "PromptAggregator": "kdpl.prompts.gpa", "gaussian_weights": "kdpl.prompts.gpa",
+    "LearnerConfig": "kdpl.prompts.config", "ContextConfig": "kdpl.prompts.config",
+}
+
+__all__ = ["PROMPT_LEARNERS", *_EXPORTS]
+
+
+def __getattr__(name):
+    if name == "PROMPT_LEARNERS":
+        return importlib.import_module("kdpl.prompts.registry").load_prompt_learners()
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'kdpl.prompts' has no attribute {name!r}")

@@ -15,16 +15,16 @@ to their longest EOT (spec §6 "index prefix/suffix first").
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Mapping, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from clipcore.classnames import readable_classname
 from clipcore.config import ConfigError
-
-from kdpl.config import PromptConfig
+from kdpl.prompts.config import LearnerConfig
 from kdpl.prompts.hooks import Hook
 
 
@@ -47,21 +47,42 @@ class PromptLearner(nn.Module):
     """Base class: class-list buffers, class selection, feature normalisation and logits."""
 
     name: ClassVar[str] = ""
-    defaults: ClassVar[dict[str, Any]] = {}
+    # The learner's config dataclass (set by register_prompt_learner) and the settings that fit
+    # the 2-block test CLIPs (tests parametrize over the registry with them).
+    config_class: ClassVar[type] = LearnerConfig
+    tiny_test_settings: ClassVar[dict[str, Any]] = {}
     # Cut prompts after the selected classes' longest EOT (exact under the causal mask). False
     # runs all `context_length` tokens, as the reference does (benchmarks/bench_kdpl.py).
     truncate_text: bool = True
 
-    def __init__(self, backbone, classnames: list[str], cfg: PromptConfig | Mapping | None = None):
+    def __init__(self, backbone, classnames: list[str], cfg: Any = None):
         super().__init__()
         # Held by reference, not as a submodule: the learner must not own frozen weights.
         object.__setattr__(self, "_backbone", backbone)
-        self.cfg = PromptConfig.from_any(cfg).with_defaults(self.defaults)
+        self.cfg = self.make_config(cfg)
         self.classnames: list[str] = []
+
+    @classmethod
+    def make_config(cls, cfg: Any = None):
+        """``cfg`` (None, a mapping or a config instance) as this learner's config dataclass."""
+        if cfg is None:
+            return cls.config_class()
+        if isinstance(cfg, cls.config_class):
+            return cfg
+        known = {f.name for f in fields(cls.config_class)}
+        unknown = sorted(set(cfg) - known)
+        if unknown:
+            raise ConfigError(f"{cls.name}: unknown prompt config keys {unknown}; this learner reads "
+                              f"{sorted(known)}")
+        return cls.config_class(**dict(cfg))
 
     @property
     def backbone(self):
         return self._backbone
+
+    def prompt_aggregation(self) -> Optional[tuple[float, float]]:
+        """``(mean, std)`` of the Gaussian prompt aggregation over epochs, or None (PromptSRC)."""
+        return None
 
     @property
     def num_classes(self) -> int:
@@ -72,7 +93,7 @@ class PromptLearner(nn.Module):
         """Rebuild every class-dependent buffer for `classnames`; learned tensors are untouched."""
         if len(classnames) == 0:
             raise ValueError("classnames must not be empty")
-        self.classnames = [c.replace("_", " ") for c in classnames]
+        self.classnames = [readable_classname(c) for c in classnames]
         self._build_class_buffers()
 
     def _build_class_buffers(self) -> None:

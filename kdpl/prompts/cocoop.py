@@ -8,28 +8,30 @@ pairs are assembled as one `[B, C, L, W]` tensor and encoded in chunks of `text_
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Mapping, Optional
+from dataclasses import dataclass
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from clipcore.config import ConfigError
-
-from kdpl.prompts.base import PromptConfig, PromptLearner, PromptOutput, fp32
+from kdpl.prompts.base import PromptLearner, PromptOutput, fp32
+from kdpl.prompts.config import ContextConfig
 from kdpl.prompts.registry import register_prompt_learner
 
 
-@register_prompt_learner("cocoop")
+@dataclass
+class CoCoOpConfig(ContextConfig):
+    # Meta-net hidden width = embed_dim // meta_net_ratio.
+    meta_net_ratio: int = 16
+
+
+@register_prompt_learner("cocoop", config=CoCoOpConfig)
 class CoCoOp(PromptLearner):
     """Learned: `ctx` `[n_ctx, W]` and `meta_net` (35,360 parameters for ViT-B/32)."""
 
-    defaults = {"n_ctx": None}
-
-    def __init__(self, backbone, classnames: list[str], cfg: PromptConfig | Mapping | None = None):
+    def __init__(self, backbone, classnames: list[str], cfg: Any = None):
         super().__init__(backbone, classnames, cfg)
-        if self.cfg.class_specific or self.cfg.class_token_position != "end":
-            raise ConfigError("CoCoOp supports only a generic context with the class token at the end")
         ctx, self.prompt_prefix, self.n_ctx = self._init_context(
             self.cfg.n_ctx, self.cfg.ctx_init, backbone.text_width)
         self.ctx = nn.Parameter(ctx)

@@ -6,19 +6,28 @@ zero-shot CLIP with "a photo of a {c}." (invariant 9). The image tower is not pr
 """
 from __future__ import annotations
 
-from typing import Mapping, Optional
+from dataclasses import dataclass
+from typing import Any, Optional
 
 from torch import Tensor, nn
 
 from clipcore.config import ConfigError
-
-from kdpl.prompts.base import PromptConfig, PromptLearner
+from kdpl.prompts.base import PromptLearner
+from kdpl.prompts.config import ContextConfig
 from kdpl.prompts.registry import register_prompt_learner
 
 POSITIONS = ("end", "middle", "front")
 
 
-@register_prompt_learner("coop")
+@dataclass
+class CoOpConfig(ContextConfig):
+    # end | middle | front: where the class name goes relative to the context.
+    class_token_position: str = "end"
+    # CSC: one context per class (tied to its class list).
+    class_specific: bool = False
+
+
+@register_prompt_learner("coop", config=CoOpConfig)
 class CoOp(PromptLearner):
     """`ctx` is `[n_ctx, W]`, or `[C, n_ctx, W]` with `class_specific` (CSC).
 
@@ -26,9 +35,7 @@ class CoOp(PromptLearner):
     length, and its `learned_state` does not transfer to other datasets.
     """
 
-    defaults = {"n_ctx": None}
-
-    def __init__(self, backbone, classnames: list[str], cfg: PromptConfig | Mapping | None = None):
+    def __init__(self, backbone, classnames: list[str], cfg: Any = None):
         super().__init__(backbone, classnames, cfg)
         if self.cfg.class_token_position not in POSITIONS:
             raise ConfigError(f"class_token_position must be one of {POSITIONS}, "

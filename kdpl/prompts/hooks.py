@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-Hook = Callable[[int, Tensor], Tensor]
+from clipcore.backbone import Hook
 
 
 def deep_text_hook(prompts: Sequence[Tensor]) -> Hook:

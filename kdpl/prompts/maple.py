@@ -10,29 +10,34 @@ prompt. Widths come from the backbone (the reference hard-codes 512 → 768).
 from __future__ import annotations
 
 import copy
-from typing import Mapping, Optional
+from dataclasses import dataclass
+from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
 
-from clipcore.config import ConfigError
-
-from kdpl.prompts.base import PromptConfig, PromptLearner
+from kdpl.prompts.base import PromptLearner
+from kdpl.prompts.config import ContextConfig
 from kdpl.prompts.hooks import deep_text_hook, deep_vision_hook
 from kdpl.prompts.registry import register_prompt_learner
 
 
-@register_prompt_learner("maple")
+@dataclass
+class MaPLeConfig(ContextConfig):
+    n_ctx: Optional[int] = 2
+    # Blocks of both towers that receive coupled prompts.
+    depth: int = 9
+
+
+@register_prompt_learner("maple", config=MaPLeConfig)
 class MaPLe(PromptLearner):
     """Learned: `ctx`, `proj`, `compound_prompts_text` `[depth-1, n, Wt]`, `compound_projections`
     (3,555,072 parameters for ViT-B/32 with n_ctx=2, depth=9)."""
 
-    defaults = {"n_ctx": 2, "depth": 9}
+    tiny_test_settings = {"depth": 2, "n_ctx": 2}
 
-    def __init__(self, backbone, classnames: list[str], cfg: PromptConfig | Mapping | None = None):
+    def __init__(self, backbone, classnames: list[str], cfg: Any = None):
         super().__init__(backbone, classnames, cfg)
-        if self.cfg.class_specific or self.cfg.class_token_position != "end":
-            raise ConfigError("MaPLe supports only a generic context with the class token at the end")
         self.depth = self.cfg.depth
         self._check_depth(self.depth, backbone.n_text_blocks, "text")
         self._check_depth(self.depth, backbone.n_vision_blocks or 0, "vision")

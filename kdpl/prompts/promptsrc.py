@@ -15,31 +15,48 @@ defaults (15/1 base-to-novel, 6/10 cross-dataset).
 """
 from __future__ import annotations
 
-from typing import Mapping, Optional
+from dataclasses import dataclass
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from clipcore.config import ConfigError
-
-from kdpl.prompts.base import PromptConfig, PromptLearner, PromptOutput, fp32
+from kdpl.prompts.base import PromptLearner, PromptOutput, fp32
+from kdpl.prompts.config import ContextConfig
 from kdpl.prompts.hooks import deep_text_hook, deep_vision_hook
 from kdpl.prompts.registry import register_prompt_learner
 from kdpl.templates import IMAGENET_TEMPLATES
 
 
-@register_prompt_learner("promptsrc")
+@dataclass
+class PromptSRCConfig(ContextConfig):
+    n_ctx: Optional[int] = 4
+    # Deep-prompt depth of both towers (9 base-to-novel, 3 cross-dataset); text_depth /
+    # vision_depth set them apart.
+    depth: int = 9
+    text_depth: Optional[int] = None
+    vision_depth: Optional[int] = None
+    vision_ctx: int = 4
+    # L_SCL weights: text features, image features, logits.
+    scl_text_weight: float = 25.0
+    scl_image_weight: float = 10.0
+    scl_logits_weight: float = 1.0
+    # Gaussian prompt aggregation over epochs: mean and std (15/1 base-to-novel, 6/10 cross-dataset).
+    gpa_mean: Optional[float] = 15.0
+    gpa_std: Optional[float] = 1.0
+
+
+@register_prompt_learner("promptsrc", config=PromptSRCConfig)
 class PromptSRC(PromptLearner):
     """Learned: `ctx` `[n, Wt]`, `text_prompts` `[D_t-1, n, Wt]`, `vision_prompts` `[D_v, n_v, Wv]`
     (46,080 parameters for ViT-B/32 at depth 9, 15,360 at depth 3)."""
 
-    defaults = {"n_ctx": 4, "depth": 9, "vision_ctx": 4, "gpa_mean": 15.0, "gpa_std": 1.0}
+    # GPA centred on epoch 1 of 2, so the aggregate differs clearly from the last epoch.
+    tiny_test_settings = {"depth": 2, "vision_ctx": 2, "n_ctx": 4, "gpa_mean": 1.0}
 
-    def __init__(self, backbone, classnames: list[str], cfg: PromptConfig | Mapping | None = None):
+    def __init__(self, backbone, classnames: list[str], cfg: Any = None):
         super().__init__(backbone, classnames, cfg)
-        if self.cfg.class_specific or self.cfg.class_token_position != "end":
-            raise ConfigError("PromptSRC supports only a generic context with the class token at the end")
         self.text_depth = self.cfg.text_depth if self.cfg.text_depth is not None else self.cfg.depth
         self.vision_depth = self.cfg.vision_depth if self.cfg.vision_depth is not None else self.cfg.depth
         self._check_depth(self.text_depth, backbone.n_text_blocks, "text")
@@ -55,6 +72,11 @@ class PromptSRC(PromptLearner):
         self.text_prompts = nn.Parameter(text_prompts)
         self.vision_prompts = nn.Parameter(vision_prompts)
         self._finish_init(classnames)
+
+    def prompt_aggregation(self) -> Optional[tuple[float, float]]:
+        if self.cfg.gpa_mean is None:
+            return None
+        return self.cfg.gpa_mean, self.cfg.gpa_std
 
     def _build_class_buffers(self) -> None:
         self._register_prompt_tokens(self.prompt_prefix, self.n_ctx)

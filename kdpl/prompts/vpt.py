@@ -8,23 +8,33 @@ from CPU every step).
 """
 from __future__ import annotations
 
-from typing import Mapping, Optional
+from dataclasses import dataclass
+from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
 
-from kdpl.prompts.base import PromptConfig, PromptLearner
+from kdpl.prompts.base import PromptLearner
+from kdpl.prompts.config import LearnerConfig
 from kdpl.prompts.hooks import deep_vision_hook
 from kdpl.prompts.registry import register_prompt_learner
 
 
-@register_prompt_learner("vpt")
+@dataclass
+class VPTConfig(LearnerConfig):
+    depth: int = 12
+    vision_ctx: int = 8
+    # The frozen hand-crafted text of every class.
+    template: str = "a photo of a {}."
+
+
+@register_prompt_learner("vpt", config=VPTConfig)
 class VPT(PromptLearner):
     """Learned: `vision_prompts` `[depth, vision_ctx, Wv]` (12×8×768 = 73,728 for ViT-B/32)."""
 
-    defaults = {"depth": 12, "vision_ctx": 8}
+    tiny_test_settings = {"depth": 2, "vision_ctx": 2}
 
-    def __init__(self, backbone, classnames: list[str], cfg: PromptConfig | Mapping | None = None):
+    def __init__(self, backbone, classnames: list[str], cfg: Any = None):
         super().__init__(backbone, classnames, cfg)
         self.depth = self.cfg.depth
         self._check_depth(self.depth, backbone.n_vision_blocks or 0, "vision")

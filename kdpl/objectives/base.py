@@ -1,0 +1,76 @@
+"""The objective interface: what an objective needs and the loss of one training step.
+
+An objective says which classes the learner trains on (``train_classnames``), whether it needs
+the frozen teacher and with which prompts (``uses_teacher``, ``teacher_prompts``), and computes
+the loss of a step from the learner and the batch (``training_loss``), with what it logs. The
+LightningModule is the same for every objective; it only hands over a :class:`TrainingStep`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Optional
+
+from torch import Tensor
+
+from clipcore.config import ConfigError
+
+
+@dataclass
+class TrainingStep:
+    """What the module hands an objective for one step.
+
+    ``teacher_logits(images, classes=None)`` scores images against the teacher prompts (all, or
+    the indexed ones) with the logit scale the objective asked for; ``mean_over_ranks(t)``
+    averages a tensor over the DDP ranks (identity on one process).
+    """
+
+    learner: Any
+    images: Tensor
+    labels: Tensor
+    teacher_logits: Optional[Callable[[Tensor], Tensor]] = None
+    mean_over_ranks: Callable[[Tensor], Tensor] = lambda t: t
+
+
+@dataclass
+class ObjectiveResult:
+    output: Any                   # the learner's PromptOutput (its regularisation reads it)
+    loss: Tensor
+    logs: dict[str, Tensor] = field(default_factory=dict)
+
+
+class Objective:
+    """Base class; subclasses register with ``@register_objective(name, config=...)``."""
+
+    name: ClassVar[str] = ""
+    config_class: ClassVar[type] = object
+    uses_teacher: ClassVar[bool] = False
+
+    def __init__(self, settings: Any, classnames: list[str], dataset_template: str):
+        """``settings``: the ``objective`` config section; ``classnames``: the dataset's classes;
+        ``dataset_template``: its prompt template (e.g. the teacher's)."""
+        if not isinstance(settings, self.config_class):
+            settings = self.config_class(**{k: v for k, v in dict(settings).items()})
+        self.settings = settings
+        self.classnames = list(classnames)
+        self.dataset_template = dataset_template
+
+    def train_classnames(self) -> list[str]:
+        """The classes the learner is trained on (default: the dataset's)."""
+        return self.classnames
+
+    def teacher_prompts(self) -> Optional[list[str]]:
+        """Prompts of the teacher's classes (None: no teacher)."""
+        return None
+
+    @property
+    def teacher_logit_scale(self) -> str:
+        return getattr(self.settings, "teacher_logit_scale", "student")
+
+    def training_loss(self, step: TrainingStep) -> ObjectiveResult:
+        raise NotImplementedError
+
+
+def check_choice(key: str, value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ConfigError(f"{key}={value!r}: expected one of {', '.join(choices)}")
+    return value
