@@ -222,7 +222,7 @@ def build_learner(name: str, s: Setup, zs_templates: int | None = None):
     """PromptSRC precomputes zero-shot text features for 60 templates × C classes at build time
     (not part of the step): `zs_templates` keeps only the first few of them."""
     torch.manual_seed(0)
-    with mock.patch.object(promptsrc, "IMAGENET_TEMPLATES", promptsrc.IMAGENET_TEMPLATES[:zs_templates]):
+    with mock.patch.object(promptsrc, "PROMPTSRC_TEMPLATES", promptsrc.PROMPTSRC_TEMPLATES[:zs_templates]):
         return build_prompt_learner(name, s.student, s.classnames).train()
 
 

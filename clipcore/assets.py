@@ -309,9 +309,9 @@ def _status(name: str) -> str:
         return f"missing or invalid ({err})"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str = "python -m clipcore.assets") -> int:
     """``list`` shows every asset and where it resolves; ``fetch`` downloads and verifies."""
-    parser = argparse.ArgumentParser(prog="python -m clipcore.assets",
+    parser = argparse.ArgumentParser(prog=prog,
                                      description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="show known assets and where each resolves")

@@ -1,15 +1,17 @@
-"""Load any open_clip CLIP and drive its towers piece by piece.
+"""Load any open_clip model, and drive an OpenAI-style CLIP's towers piece by piece.
 
 This is the only module that knows open_clip's private structure. It offers:
 
-* `load_backbone`: built-in name + pretrained tag, a local weights file, a `local-dir:` bundle,
-  a name served by a registered resolver (`register_backbone_resolver`; the offline demo's
-  `synthetic-*` models register one), or a bare architecture config (random init), failing fast
-  and clearly when weights are missing offline.
-* `ClipBackbone`: the text tower driven from token *embeddings* (prompt learning) and the vision
-  tower driven block by block with a hook (deep visual prompts), plus freezing and a fingerprint
-  of everything that determines the outputs.
-* `clipcore.bundle.save_local_dir` writes an open_clip `local-dir:` bundle atomically.
+* `load_encoder`: any open_clip model (CLIP, SigLIP, CoCa, EVA, Hugging Face text towers) as a
+  `clipcore.encoder.FrozenEncoder`: what teachers and zero-shot evaluation need.
+* `load_backbone`: a `ClipBackbone` (a student for prompt learning): the text tower driven from
+  token *embeddings* and the vision tower driven block by block with a hook (deep visual
+  prompts); only OpenAI-style text towers expose those, other models get an error saying so.
+
+Both take a built-in name + pretrained tag, a local weights file, a `local-dir:` bundle, a name
+served by a registered resolver (`register_backbone_resolver`; the offline demo's `synthetic-*`
+models register one), or a bare architecture config (random init), failing fast and clearly
+when weights are missing offline. `clipcore.bundle.save_local_dir` writes a `local-dir:` bundle.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import logging
 import os
 import warnings
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -30,18 +33,18 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from clipcore.encoder import LOCAL_DIR, FrozenEncoder
 from clipcore.errors import UserError
 
 log = logging.getLogger(__name__)
 
 Hook = Callable[[int, torch.Tensor], torch.Tensor]
-LOCAL_DIR = "local-dir:"
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
-# `create_model` needs some built-in name; top-level keys of our config replace all of its keys.
-_BASE_NAME = "ViT-B-32"
 _REQUIRED_CFG_KEYS = ("embed_dim", "vision_cfg", "text_cfg")
-_TEXT_TOWER_MSG = ("Only OpenAI-style text towers (token_embedding/positional_embedding/transformer/"
-                   "ln_final/text_projection on the CLIP model) are supported.")
+_TEXT_TOWER_MSG = ("Prompt learning edits the token embeddings of an OpenAI-style text tower "
+                   "(token_embedding/positional_embedding/transformer/ln_final/text_projection on the "
+                   "CLIP model), which this model does not have. It can still be a teacher "
+                   "(teacher.name=...) or be evaluated zero-shot (method=zeroshot).")
 
 
 class BackboneLoadError(UserError, RuntimeError):
@@ -59,11 +62,23 @@ def _load_error(name: str, tag: Optional[str], reason: str) -> BackboneLoadError
     )
 
 
-def _check_openai_text(model_cfg: dict, label: str) -> None:
-    """Prompt learning edits token embeddings, which only the OpenAI-style text tower exposes."""
+def text_tower_kind(model_cfg: dict) -> Optional[str]:
+    """None for an OpenAI-style text tower, else what the tower is (for the student error)."""
     text_cfg = model_cfg.get("text_cfg", {})
-    if model_cfg.get("custom_text") or "multimodal_cfg" in model_cfg or text_cfg.get("hf_model_name"):
-        raise BackboneLoadError(f"Model '{label}' has a custom or Hugging Face text tower. {_TEXT_TOWER_MSG}")
+    if text_cfg.get("hf_model_name"):
+        return f"a Hugging Face text tower ({text_cfg['hf_model_name']})"
+    if "multimodal_cfg" in model_cfg:
+        return "a CoCa text tower with a multimodal decoder"
+    if model_cfg.get("custom_text"):
+        return "a custom text tower (SigLIP, EVA and similar open_clip models)"
+    return None
+
+
+def _check_prompt_text(model_cfg: dict, label: str) -> None:
+    kind = text_tower_kind(model_cfg)
+    if kind is not None:
+        raise BackboneLoadError(f"Model '{label}' cannot be a prompt-learning student: it has {kind}. "
+                                f"{_TEXT_TOWER_MSG}")
 
 
 def _read_config(config: dict | str | os.PathLike) -> tuple[dict, Optional[dict]]:
@@ -85,8 +100,10 @@ def _read_config(config: dict | str | os.PathLike) -> tuple[dict, Optional[dict]
 def _tokenizer_for_cfg(model_cfg: dict):
     text_cfg = model_cfg.get("text_cfg", {})
     context_length = text_cfg.get("context_length", 77)
-    if text_cfg.get("hf_tokenizer_name"):
-        return open_clip.tokenizer.HFTokenizer(text_cfg["hf_tokenizer_name"], context_length=context_length)
+    tokenizer_name = text_cfg.get("hf_tokenizer_name")
+    if tokenizer_name:
+        return open_clip.tokenizer.HFTokenizer(tokenizer_name, context_length=context_length,
+                                               **text_cfg.get("tokenizer_kwargs", {}))
     # The BPE vocabulary ships inside the wheel, so this works offline.
     return open_clip.tokenizer.SimpleTokenizer(context_length=context_length)
 
@@ -105,9 +122,26 @@ def _resolver_for(name: str) -> Optional[Callable[[str], os.PathLike]]:
     return next((fn for prefix, fn in _RESOLVERS.items() if name.startswith(prefix)), None)
 
 
+@dataclass
+class _Built:
+    model: nn.Module
+    tokenizer: object
+    model_cfg: dict
+    # What plain open_clip.create_model(name, pretrained=...) loads the same weights from.
+    source: Optional[tuple[str, Optional[str]]]
+
+
+def load_encoder(name: str, pretrained: str | None = None, *, config: dict | str | None = None,
+                 cache_dir: str | None = None, device="cpu") -> FrozenEncoder:
+    """Any open_clip model as a `FrozenEncoder` (teachers, zero-shot); arguments as `load_backbone`."""
+    built = _build(name, pretrained, config, cache_dir, device, check=None)
+    return FrozenEncoder(built.model, built.tokenizer, name=name, pretrained=_stored_tag(name, pretrained, config),
+                         model_cfg=built.model_cfg, open_clip_source=built.source)
+
+
 def load_backbone(name: str, pretrained: str | None = None, *, config: dict | str | None = None,
                   cache_dir: str | None = None, device="cpu") -> "ClipBackbone":
-    """Build a `ClipBackbone`.
+    """Build a `ClipBackbone` (an OpenAI-style CLIP a prompt learner can drive).
 
     Args:
         name: built-in open_clip name (use `-quickgelu` names for OpenAI/DFN weights),
@@ -121,40 +155,51 @@ def load_backbone(name: str, pretrained: str | None = None, *, config: dict | st
         cache_dir: download cache for tags (defaults to the huggingface_hub cache).
         device: where the model is put.
     """
+    built = _build(name, pretrained, config, cache_dir, device, check=_check_prompt_text)
+    return ClipBackbone(built.model, built.tokenizer, name=name, pretrained=_stored_tag(name, pretrained, config),
+                        model_cfg=built.model_cfg, open_clip_source=built.source)
+
+
+def _stored_tag(name: str, pretrained: Optional[str], config) -> Optional[str]:
+    # Bundles (local-dir:, resolver names) carry their own weights: no tag is recorded.
+    if config is None and (name.startswith(LOCAL_DIR) or _resolver_for(name) is not None):
+        return None
+    return pretrained
+
+
+def _build(name: str, pretrained: Optional[str], config, cache_dir, device,
+           check: Optional[Callable[[dict, str], None]]) -> _Built:
     resolver = _resolver_for(name) if config is None else None
     if resolver is not None:
-        bundle = Path(resolver(name))
-        model, model_cfg = _create_local_dir(bundle, device)
-        tokenizer = open_clip.get_tokenizer(LOCAL_DIR + str(bundle))
-        return ClipBackbone(model, tokenizer, name=name, pretrained=None, model_cfg=model_cfg)
+        return _build_local_dir(Path(resolver(name)), device, check, label=name)
 
     if config is not None:
         model_cfg, preprocess = _read_config(config)
-        _check_openai_text(model_cfg, name)
+        if check:
+            check(model_cfg, name)
         if pretrained is not None and not os.path.isfile(pretrained):
             raise BackboneLoadError(f"With `config`, pretrained must be a weights file or None; got '{pretrained}'")
         try:
-            with _seeded_random_init(name, pretrained):
-                model = open_clip.create_model(_BASE_NAME, pretrained=pretrained, device=device,
-                                               force_preprocess_cfg=preprocess, **model_cfg)
+            with _seeded_random_init(name, pretrained), _registered_config(model_cfg) as key, _quiet_factory():
+                model = open_clip.create_model(key, pretrained=pretrained, device=device,
+                                               force_preprocess_cfg=preprocess, pretrained_text=False)
         except Exception as e:  # noqa: BLE001 - rewrap with the model name and remedy
             raise _load_error(name, pretrained, f"{type(e).__name__}: {e}") from e
-        return ClipBackbone(model, _tokenizer_for_cfg(model_cfg), name=name, pretrained=pretrained,
-                            model_cfg=model_cfg)
+        log.info("%s: %s built from its architecture config, %s", name, type(model).__name__,
+                 f"weights from {pretrained}" if pretrained else "random weights (no pretrained weights)")
+        return _Built(model, _tokenizer_for_cfg(model_cfg), model_cfg, None)
 
     if name.startswith(LOCAL_DIR):
         if pretrained is not None:
             raise BackboneLoadError("A local-dir: bundle carries its own weights; pass pretrained=None")
-        bundle = Path(name[len(LOCAL_DIR):]).expanduser()
-        model, model_cfg = _create_local_dir(bundle, device)
-        tokenizer = open_clip.get_tokenizer(LOCAL_DIR + str(bundle))
-        return ClipBackbone(model, tokenizer, name=name, pretrained=None, model_cfg=model_cfg)
+        return _build_local_dir(Path(name[len(LOCAL_DIR):]).expanduser(), device, check, label=name)
 
     model_cfg = open_clip.get_model_config(name)
     if model_cfg is None:
-        raise BackboneLoadError(f"Unknown open_clip model name '{name}' (see open_clip.list_models()); "
-                                f"for a local bundle use name='local-dir:/path/to/bundle'")
-    _check_openai_text(model_cfg, name)
+        raise BackboneLoadError(f"Unknown open_clip model name '{name}' (see open_clip.list_models() or "
+                                f"`clipdistill list models`); for a local bundle use name='local-dir:/path/to/bundle'")
+    if check:
+        check(model_cfg, name)
     if pretrained is not None and not os.path.isfile(pretrained):
         tags = open_clip.list_pretrained_tags_by_model(name)
         if pretrained not in tags:
@@ -168,11 +213,47 @@ def load_backbone(name: str, pretrained: str | None = None, *, config: dict | st
                           f"use '{name}-quickgelu' to reproduce the published model.", UserWarning)
     try:
         with _seeded_random_init(name, pretrained):
-            model = open_clip.create_model(name, pretrained=pretrained, device=device, cache_dir=cache_dir)
+            # pretrained=None is random init throughout: no Hugging Face text weights either.
+            model = open_clip.create_model(name, pretrained=pretrained, device=device, cache_dir=cache_dir,
+                                           pretrained_text=pretrained is not None)
+        tokenizer = open_clip.get_tokenizer(name, cache_dir=cache_dir)
     except Exception as e:  # noqa: BLE001 - rewrap with the model name and remedy
         raise _load_error(name, pretrained, f"{type(e).__name__}: {e}") from e
-    return ClipBackbone(model, open_clip.get_tokenizer(name), name=name, pretrained=pretrained,
-                        model_cfg=model_cfg)
+    return _Built(model, tokenizer, model_cfg, (name, pretrained))
+
+
+@contextlib.contextmanager
+def _registered_config(model_cfg: dict):
+    """``model_cfg`` under a temporary built-in name, so that open_clip's factory picks the model
+    class (CLIP, CustomTextCLIP, CoCa) and the tower flags exactly as for its own configs."""
+    registry = open_clip.factory._MODEL_CONFIGS
+    key = "clipcore-config-" + hashlib.sha256(json.dumps(model_cfg, sort_keys=True).encode()).hexdigest()[:12]
+    registry[key] = copy.deepcopy(model_cfg)
+    try:
+        yield key
+    finally:
+        registry.pop(key, None)
+
+
+class _DropFactoryNotes(logging.Filter):
+    """open_clip's factory logs to the root logger ("Loaded built-in ViT-B-32 model config", "No
+    pretrained weights loaded for model ..."), which misnames models built from a config; we log
+    our own line instead. Errors still pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from_factory = "open_clip" in record.pathname
+        return not (from_factory and (record.levelno <= logging.INFO or "No pretrained weights" in record.getMessage()))
+
+
+@contextlib.contextmanager
+def _quiet_factory():
+    root = logging.getLogger()
+    drop = _DropFactoryNotes()
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
 
 
 @contextlib.contextmanager
@@ -191,25 +272,28 @@ def _seeded_random_init(name: str, pretrained: Optional[str]):
         yield
 
 
-def _create_local_dir(bundle: Path, device) -> tuple[nn.Module, dict]:
+def _build_local_dir(bundle: Path, device, check, label: str) -> _Built:
     config_path = bundle / "open_clip_config.json"
     if not config_path.is_file():
         raise _load_error(LOCAL_DIR + str(bundle), None, f"missing {config_path}")
     model_cfg, _ = _read_config(config_path)
-    _check_openai_text(model_cfg, LOCAL_DIR + str(bundle))
+    if check:
+        check(model_cfg, label)
     try:
-        model = open_clip.create_model(LOCAL_DIR + str(bundle), device=device, require_pretrained=True)
+        with _quiet_factory():
+            model = open_clip.create_model(LOCAL_DIR + str(bundle), device=device, require_pretrained=True)
+        tokenizer = open_clip.get_tokenizer(LOCAL_DIR + str(bundle))
     except Exception as e:  # noqa: BLE001 - rewrap with the bundle path and remedy
         raise _load_error(LOCAL_DIR + str(bundle), None, f"{type(e).__name__}: {e}") from e
-    return model, model_cfg
+    log.info("%s: %s loaded from the bundle %s", label, type(model).__name__, bundle)
+    return _Built(model, tokenizer, model_cfg, (LOCAL_DIR + str(bundle.resolve()), None))
 
 
-class ClipBackbone(nn.Module):
+class ClipBackbone(FrozenEncoder):
     """An OpenAI-style open_clip CLIP with prompt-friendly entry points into both towers."""
 
     def __init__(self, model: nn.Module, tokenizer, *, name: str, pretrained: Optional[str],
-                 model_cfg: dict):
-        super().__init__()
+                 model_cfg: dict, open_clip_source: Optional[tuple[str, Optional[str]]] = None):
         missing = [a for a in ("token_embedding", "positional_embedding", "transformer", "ln_final",
                                "text_projection") if not hasattr(model, a)]
         if missing:
@@ -218,28 +302,15 @@ class ClipBackbone(nn.Module):
             raise BackboneLoadError(f"Text pool type '{model.text_pool_type}' of '{name}' is not supported")
         if not model.transformer.batch_first:
             raise BackboneLoadError(f"Text transformer of '{name}' is not batch-first")
-        self.model = model
-        self.tokenizer = tokenizer
-        self.name = name
-        self.pretrained = pretrained
-        self.model_cfg = copy.deepcopy(model_cfg)
-        self._fingerprint: Optional[str] = None
-
-        self.embed_dim = int(model_cfg["embed_dim"])
+        super().__init__(model, tokenizer, name=name, pretrained=pretrained, model_cfg=model_cfg,
+                         open_clip_source=open_clip_source)
         self.text_width = model.token_embedding.embedding_dim
-        self.context_length = int(model.context_length)
         self.n_text_blocks = len(model.transformer.resblocks)
         visual = model.visual
         self._vision_error = self._vision_layout_error(visual)
         vit = self._vision_error is None
         self.vision_width = visual.conv1.out_channels if vit else None
         self.n_vision_blocks = len(visual.transformer.resblocks) if vit else None
-        pp = open_clip.get_model_preprocess_cfg(model)
-        size = pp.get("size", model_cfg["vision_cfg"].get("image_size", 224))
-        self.image_size = int(size if isinstance(size, int) else size[0])
-        self.image_mean = tuple(pp.get("mean", open_clip.OPENAI_DATASET_MEAN))
-        self.image_std = tuple(pp.get("std", open_clip.OPENAI_DATASET_STD))
-        self.preprocess_cfg = dict(pp)
 
     @staticmethod
     def _vision_layout_error(visual: nn.Module) -> Optional[str]:
@@ -256,12 +327,6 @@ class ClipBackbone(nn.Module):
             raise BackboneLoadError(f"Block-level vision access for '{self.name}' is unsupported: {self._vision_error}")
         return self.model.visual
 
-    # ----- attributes -----
-    @property
-    def logit_scale(self) -> nn.Parameter:
-        """The model's learned temperature in log space (use `.exp()`)."""
-        return self.model.logit_scale
-
     @property
     def text_blocks(self) -> nn.ModuleList:
         return self.model.transformer.resblocks
@@ -271,10 +336,6 @@ class ClipBackbone(nn.Module):
         return self._require_vit().transformer.resblocks
 
     # ----- text -----
-    def tokenize(self, texts: list[str]) -> torch.Tensor:
-        """Token ids `[N, context_length]` (on CPU)."""
-        return self.tokenizer(list(texts)).long()
-
     def eot_index(self, tokens: torch.Tensor) -> torch.Tensor:
         """Position the text tower pools from (argmax id, or first EOS for 'eos' pooling)."""
         if self.model.text_pool_type == "eos":
@@ -284,9 +345,6 @@ class ClipBackbone(nn.Module):
     def token_embedding(self, tokens: torch.Tensor) -> torch.Tensor:
         """Token embeddings `[N, L, W]`, without positional embedding."""
         return self.model.token_embedding(tokens)
-
-    def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        return self.model.encode_text(tokens, normalize=normalize)
 
     def encode_text_embeddings(self, embeddings: torch.Tensor, eot_index: torch.Tensor, *,
                                hook: Optional[Hook] = None, truncate: bool = True,
@@ -322,9 +380,6 @@ class ClipBackbone(nn.Module):
         return mask[:length, :length]
 
     # ----- vision -----
-    def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        return self.model.encode_image(images, normalize=normalize)
-
     def encode_image_blocks(self, images: torch.Tensor, *, hook: Optional[Hook] = None,
                             grad_from_block: Optional[int] = None, normalize: bool = False) -> torch.Tensor:
         """Image features computed block by block; equals `encode_image` without a hook.
@@ -374,12 +429,6 @@ class ClipBackbone(nn.Module):
         (VPT, PromptSRC input prompts) must pass through it to match prompts added before it."""
         return self._require_vit().ln_pre(tokens)
 
-    def freeze(self) -> "ClipBackbone":
-        """Turn off gradients for every parameter."""
-        for p in self.parameters():
-            p.requires_grad_(False)
-        return self
-
     def unfreeze_last_vision_blocks(self, n: int) -> "ClipBackbone":
         """Turn gradients on for the last `n` vision blocks only (not ln_post/proj, as SimGCD does)."""
         blocks = self.vision_blocks
@@ -389,31 +438,3 @@ class ClipBackbone(nn.Module):
             for p in block.parameters():
                 p.requires_grad_(True)
         return self
-
-    # ----- identity -----
-    def fingerprint(self, refresh: bool = False) -> str:
-        """sha256 (16 hex chars) of name, tag, architecture and every parameter/buffer byte.
-
-        Computed from the weights at the first call and cached (a frozen backbone does not
-        change); pass `refresh=True` after editing weights. Directory parts of local paths are
-        left out so a bundle or file moved to another machine keeps its fingerprint.
-        """
-        if self._fingerprint is not None and not refresh:
-            return self._fingerprint
-        h = hashlib.sha256()
-        name = self.name
-        if name.startswith(LOCAL_DIR):
-            name = LOCAL_DIR + Path(name[len(LOCAL_DIR):]).name
-        tag = self.pretrained
-        if tag is not None and os.path.isfile(tag):
-            tag = Path(tag).name
-        header = {"name": name, "pretrained": tag, "model_cfg": self.model_cfg}
-        h.update(json.dumps(header, sort_keys=True, default=str).encode())
-        tensors = dict(self.model.named_parameters())
-        tensors.update({f"buffer:{k}": v for k, v in self.model.named_buffers()})
-        for key in sorted(tensors):
-            t = tensors[key].detach().cpu().contiguous()
-            h.update(f"{key}|{t.dtype}|{tuple(t.shape)}".encode())
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-        self._fingerprint = h.hexdigest()[:16]
-        return self._fingerprint

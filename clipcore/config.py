@@ -19,23 +19,41 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 import yaml
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from clipcore.errors import UserError
+from clipcore.errors import ConfigError
 from clipcore.io import atomic_write_text
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+# Folders of shipped configs: ``-c trainer/cpu.yaml`` and ``include:`` entries are looked up
+# there when they are not files. The application registers its own (clipdistill/configs).
+_CONFIG_DIRS: list[Path] = []
 
 
-class ConfigError(UserError, ValueError):
-    """A configuration file or override is invalid; the message names the key and the source."""
+def register_config_dir(path: Path) -> None:
+    path = Path(path).resolve()
+    if path not in _CONFIG_DIRS:
+        _CONFIG_DIRS.append(path)
+
+
+def config_dirs() -> list[Path]:
+    return list(_CONFIG_DIRS)
+
+
+def find_config_file(name: str | Path, relative_to: Optional[Path] = None) -> Optional[Path]:
+    """``name`` as given (or relative to ``relative_to``), else a shipped config of that name."""
+    name = Path(name).expanduser()
+    candidates = [relative_to / name] if relative_to is not None else [name]
+    if not name.is_absolute():
+        candidates += [folder / name for folder in _CONFIG_DIRS]
+    return next((c.resolve() for c in candidates if c.is_file()), None)
 
 
 @dataclass
@@ -49,6 +67,21 @@ class BackboneConfig:
     # JSON file with an open_clip model config: builds the architecture with random weights.
     config: Optional[str] = None
     cache_dir: Optional[str] = None
+    # data: the model sees images normalised as data.normalization says (the references) |
+    # model: with the model's own mean and std (SigLIP's 0.5/0.5 ...). A teacher always gets
+    # its own input size; a zero-shot model with `model` too (else data.image_size, if set).
+    preprocess: str = "data"
+
+
+DEFAULT_MAX_WORKERS = 8
+
+
+def default_num_workers() -> int:
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cpus = os.cpu_count() or 1
+    return max(0, min(DEFAULT_MAX_WORKERS, cpus))
 
 
 @dataclass
@@ -60,7 +93,9 @@ class DataConfig:
     root: str = "data"
     batch_size: int = 32
     eval_batch_size: int = 100
-    num_workers: int = 4
+    # Loader worker processes per training process; default: the CPUs this process may use,
+    # at most DEFAULT_MAX_WORKERS (0 loads in the main process).
+    num_workers: int = field(default_factory=lambda: default_num_workers())
     # None: the student backbone's input size.
     image_size: Optional[int] = None
     # clip | imagenet: normalisation statistics.
@@ -81,6 +116,9 @@ class ClassificationData(DataConfig):
     subsample_classes: str = "all"
     # Smallest crop of the random-resized-crop augmentation (Dassl: 0.08).
     min_crop_scale: float = 0.08
+    # Prompt template of the dataset's classes ({} or {c} is the class name); None: the
+    # registered dataset's own (CoOp's per-dataset prompt; 'a photo of a {}.' for image_folder).
+    template: Optional[str] = None
 
 
 @dataclass
@@ -242,14 +280,26 @@ def schema(method: str = "zeroshot", raw: Optional[Mapping] = None) -> DictConfi
 class ZeroShotConfig:
     # student | teacher: which backbone section of the config to evaluate.
     model: str = "student"
-    # None: the dataset's own template (kdpl spec 3.4).
-    template: Optional[str] = None
+    # The prompt templates, ensembled (each template's text features normalised, averaged over
+    # templates, renormalised): a list of templates, one template, or a shipped set's name
+    # (dataset | imagenet80 | cifar18 | promptsrc60, see clipcore.templates). None or 'dataset':
+    # the dataset's template (data.template, else the registered one; kdpl spec 3.4).
+    templates: Any = None
+
+
+def _upgrade_zeroshot(plain: dict) -> dict:
+    """v0.1 stored one ``zeroshot.template``; it is a one-template list now."""
+    section = plain.get("zeroshot")
+    if isinstance(section, dict) and "template" in section:
+        template = section.pop("template")
+        section.setdefault("templates", None if template is None else [template])
+    return plain
 
 
 # Zero-shot CLIP is the core's own method (and the default one).
 register_method_family(MethodFamily(
     "zeroshot", methods=lambda: ["zeroshot"], data=ClassificationData,
-    sections=lambda method, raw: {"zeroshot": ZeroShotConfig}))
+    sections=lambda method, raw: {"zeroshot": ZeroShotConfig}, upgrade=_upgrade_zeroshot))
 
 
 # -- errors -------------------------------------------------------------------------------------
@@ -335,11 +385,11 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> list[_Piece]:
         includes = [includes]
     pieces: list[_Piece] = []
     for inc in includes:
-        candidates = [path.parent / inc, CONFIG_DIR / inc]
-        target = next((c for c in candidates if c.is_file()), None)
+        target = find_config_file(inc, relative_to=path.parent)
         if target is None:
-            raise ConfigError(f"{path}: included file '{inc}' not found (looked in {path.parent} and {CONFIG_DIR})")
-        pieces.extend(_read_yaml(target.resolve(), seen + (path,)))
+            where = ", ".join(str(d) for d in [path.parent, *_CONFIG_DIRS])
+            raise ConfigError(f"{path}: included file '{inc}' not found (looked in {where})")
+        pieces.extend(_read_yaml(target, seen + (path,)))
     pieces.append(_Piece(data, str(path)))
     return pieces
 
@@ -353,6 +403,10 @@ def _override_piece(item: str) -> _Piece:
         value = yaml.safe_load(text) if text.strip() else text
     except yaml.YAMLError:
         value = text  # not YAML (quotes, colons, braces): the text itself
+    if isinstance(value, dict) and not text.lstrip().startswith("{"):
+        # "a photo of: {}" reads as a YAML mapping; on a command line a mapping is written in
+        # braces ({a: 1}) or as dotted keys, so this is text (a template with a colon).
+        value = text
     nested: Any = value
     for part in reversed(key.split(".")):
         nested = {part: nested}
@@ -399,7 +453,11 @@ def load_config(files: Sequence[str | Path] = (), overrides: Sequence[str] = (),
         plain = OmegaConf.to_container(base, resolve=True) if isinstance(base, DictConfig) else dict(base)
         pieces.append(_Piece(upgrade_stored(plain), "stored config"))
     for file in files:
-        pieces.extend(_read_yaml(Path(file).expanduser().resolve()))
+        found = find_config_file(file)
+        if found is None:
+            shipped = f" or among the shipped configs ({', '.join(map(str, _CONFIG_DIRS))})" if _CONFIG_DIRS else ""
+            raise ConfigError(f"config file not found: {file} (looked for it as a path{shipped})")
+        pieces.extend(_read_yaml(found))
     pieces.extend(_override_piece(item) for item in overrides)
     raw: dict = {}
     for piece in pieces:
@@ -410,7 +468,24 @@ def load_config(files: Sequence[str | Path] = (), overrides: Sequence[str] = (),
     cfg = schema(method, raw)
     for piece in pieces:
         cfg = _apply(cfg, piece)
+    _check_templates(cfg)
     return cfg
+
+
+def _check_templates(cfg: DictConfig, prefix: str = "") -> None:
+    """Every text under a key named ``*template`` is a prompt template, and ``*templates`` a
+    template list or set name: a missing placeholder is reported here, before anything runs."""
+    from clipcore.templates import check_template, resolve_templates
+
+    for key, value in cfg.items():
+        full = f"{prefix}{key}"
+        if isinstance(value, DictConfig):
+            _check_templates(value, full + ".")
+        elif str(key).endswith("templates") and value is not None:
+            plain = OmegaConf.to_container(value) if isinstance(value, ListConfig) else value
+            resolve_templates(plain, "{}", full)
+        elif str(key).endswith("template") and isinstance(value, str):
+            check_template(value, full)
 
 
 def upgrade_stored(plain: Mapping) -> dict:

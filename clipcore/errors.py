@@ -22,6 +22,10 @@ class UserError(Exception):
     """Bad input the user can fix; the message names the file, key or value and what was expected."""
 
 
+class ConfigError(UserError, ValueError):
+    """A configuration file or override is invalid; the message names the key and the source."""
+
+
 class CheckpointError(UserError):
     """A file given as a checkpoint is missing, truncated, or not a checkpoint of this project."""
 

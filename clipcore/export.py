@@ -26,7 +26,10 @@ class ExportError(UserError, RuntimeError):
     pass
 
 
-def write_export(directory: str | Path, tensors: dict[str, torch.Tensor], metadata: dict) -> Path:
+def write_export(directory: str | Path, tensors: dict[str, torch.Tensor], metadata: dict, *,
+                 weights_file: str = WEIGHTS_FILE, metadata_file: str = METADATA_FILE) -> Path:
+    """A new folder with ``weights_file`` (safetensors) and ``metadata_file`` (JSON, with
+    ``format_version`` and ``created`` added)."""
     directory = Path(directory)
     if directory.exists():
         raise ExportError(f"export folder {directory} already exists; choose another path (nothing was written)")
@@ -34,9 +37,9 @@ def write_export(directory: str | Path, tensors: dict[str, torch.Tensor], metada
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
         # safetensors wants contiguous, non-shared tensors.
-        save_file({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, tmp / WEIGHTS_FILE)
+        save_file({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, tmp / weights_file)
         full = {"format_version": FORMAT_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **metadata}
-        (tmp / METADATA_FILE).write_text(json.dumps(full, indent=2, sort_keys=True, default=str))
+        (tmp / metadata_file).write_text(json.dumps(full, indent=2, sort_keys=True, default=str))
         os.replace(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

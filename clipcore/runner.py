@@ -30,6 +30,7 @@ from clipcore.checkpoint_file import load_checkpoint
 from clipcore.checkpointing import AtomicCheckpointIO, RNGStateCallback, RunCheckpoint, remove_stale_temporary_files
 from clipcore.config import from_plain, load_config, save_config, to_plain
 from clipcore.errors import UserError, user_message
+from clipcore.evaluation import PREDICTIONS_FILE, PredictionRecorder, write_predictions
 from clipcore.export import read_export, write_export
 from clipcore.io import atomic_write_text
 from clipcore.logging import build_loggers, finish_wandb
@@ -167,8 +168,10 @@ def _fit_test_export(cfg, module, datamodule, run_dir: Path, ckpt: Optional[Path
         raise RunPreempted(stop.signum, f"received {signal_name(stop.signum)} after training; "
                                         f"the final evaluation runs when the run is resumed")
     results = trainer.test(module, datamodule=datamodule, verbose=False)
+    rows = gather_predictions(module, trainer)
     if trainer.is_global_zero:
         write_metrics(merge_results(results), run_dir / "eval", title=f"{cfg.method} on {cfg.data.name}")
+        write_test_predictions(rows, datamodule, run_dir / "eval")
         if cfg.export and not cfg.trainer.fast_dev_run:
             export_module(module, unused_path(run_dir / "exports" / "final"))
 
@@ -266,6 +269,22 @@ def evaluate(cfg: DictConfig, module: ClipMethodModule, datamodule, out_dir: Pat
     trainer = L.Trainer(default_root_dir=str(out_dir), logger=False, enable_checkpointing=False,
                         **trainer_kwargs(cfg))
     metrics = merge_results(trainer.test(module, datamodule=datamodule, verbose=False))
+    rows = gather_predictions(module, trainer)
     if trainer.is_global_zero:
         write_metrics(metrics, out_dir, title=f"{cfg.method} on {cfg.data.name}")
+        write_test_predictions(rows, datamodule, out_dir)
     return metrics
+
+
+def gather_predictions(module, trainer):
+    """The per-image test rows of a classification module, from every rank (a collective)."""
+    recorder = getattr(module, "predictions", None)
+    if not isinstance(recorder, PredictionRecorder):
+        return None
+    return recorder.gathered(trainer.world_size)
+
+
+def write_test_predictions(rows, datamodule, out_dir: Path) -> None:
+    """``predictions.csv`` beside metrics.json (classification: one row per test image)."""
+    if rows is not None:
+        write_predictions(out_dir / PREDICTIONS_FILE, rows, datamodule.splits.test, datamodule.classnames)

@@ -6,12 +6,20 @@ Lightning) are imported only once the config is known to be valid.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
+# The shipped configs are package data: `-c trainer/cpu.yaml` finds them from any directory.
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
 
 def register_config_sections() -> None:
     """The method families' config (no torch): zero-shot is the core's; the prompt learners
     (``prompt``, ``objective``) and GCD (``gcd``) register theirs."""
     import gcd.config  # noqa: F401
     import kdpl.config  # noqa: F401
+    from clipcore.config import register_config_dir
+
+    register_config_dir(CONFIG_DIR)
 
 
 def register_methods() -> None:

@@ -1,12 +1,17 @@
-"""Evaluate a checkpoint, an export, or a zero-shot model; export a checkpoint.
+"""Evaluate a checkpoint, an export, or a zero-shot model: ``clipdistill eval`` / ``eval.py``.
 
-    python eval.py --ckpt runs/b2n_coop_kdpl_vit_b32_pets/<run>/checkpoints/last.ckpt data.subsample_classes=new
-    python eval.py --export runs/<experiment>/<run>/exports/final -c configs/data/dtd.yaml data.root=/data/coop
-    python eval.py -c configs/data/oxford_pets.yaml -c configs/backbone/vit_b32.yaml method=zeroshot \
-        data.root=/data/coop
-    python eval.py export --ckpt runs/<experiment>/<run>/checkpoints/last.ckpt --out my_prompts
+    clipdistill eval --ckpt runs/b2n_coop_kdpl_vit_b32_pets/<run>/checkpoints/last.ckpt data.subsample_classes=new
+    clipdistill eval --export runs/<experiment>/<run>/exports/final -c data/dtd.yaml data.root=/data/coop
+    clipdistill eval -c data/oxford_pets.yaml -c backbone/vit_b32.yaml method=zeroshot data.root=/data/coop
+    clipdistill eval method=zeroshot data.name=image_folder data.root=~/my_photos zeroshot.templates=imagenet80
+    clipdistill eval method=zeroshot -c data/dtd.yaml data.root=/data/coop \
+        'zeroshot.templates=["a photo of a {} texture.","a close-up of {c}."]'
 
-Metrics go to ``<out>/metrics.json`` and ``<out>/metrics.md`` (default: the run's ``eval/``).
+``-c`` takes a file or a shipped config (``clipdistill list configs``). Writes ``metrics.json``,
+``metrics.md`` (test/acc, test/acc_top5, test/mean_class_acc) and ``predictions.csv`` (one row
+per test image: path, label, prediction, top5, score) to ``--out`` (default: the run's ``eval/``).
+``python eval.py export ...`` is ``clipdistill export ...``.
+
 Exit status: 0 done, 2 a mistake in the arguments, config, data or files (the message says
 which), 1 an unexpected error.
 """
@@ -19,27 +24,26 @@ from pathlib import Path
 from clipcore.cli import add_config_arguments, prepare_environment, run_guarded
 
 
-def parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="eval.py", description=__doc__,
+def parse(argv: list[str], prog: str = "eval.py") -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command")
-    ev = sub.add_parser("evaluate", help="evaluate (the default command)")
-    source = ev.add_mutually_exclusive_group()
-    source.add_argument("--ckpt", type=Path, help="a checkpoint written by train.py")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--ckpt", type=Path, help="a checkpoint written by training")
     source.add_argument("--export", type=Path, help="an export folder (export.json + weights.safetensors)")
-    ev.add_argument("--out", type=Path, help="folder for metrics.json / metrics.md")
-    add_config_arguments(ev)
-    ex = sub.add_parser("export", help="write a portable export of a checkpoint")
-    ex.add_argument("--ckpt", type=Path, required=True)
-    ex.add_argument("--out", type=Path, help="export folder (default: <run>/exports/<ckpt name>)")
-    add_config_arguments(ex)
-    if not argv or argv[0] not in ("evaluate", "export", "-h", "--help"):
-        argv = ["evaluate", *argv]
+    parser.add_argument("--out", type=Path, help="folder for metrics.json / metrics.md / predictions.csv")
+    add_config_arguments(parser)
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse(sys.argv[1:] if argv is None else argv)
+def main(argv: list[str] | None = None, prog: str = "eval.py") -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["export"]:  # `eval.py export ...`, kept from earlier versions
+        from clipdistill.export import main as export_main
+
+        return export_main(argv[1:], prog=f"{prog} export")
+    if argv[:1] == ["evaluate"]:
+        argv = argv[1:]
+    args = parse(argv, prog)
     return run_guarded(lambda: _run(args), debug=args.debug)
 
 
@@ -48,19 +52,13 @@ def _run(args) -> int:
     from clipdistill.app import load_run_config, register_config_sections, register_methods
 
     register_config_sections()
-    if args.command == "evaluate" and not args.ckpt and not args.export:
+    if not args.ckpt and not args.export:
         load_run_config(args.config, args.overrides)  # a typo is reported before the heavy imports
     register_methods()
     from clipcore import runner
     from clipcore.registry import build_method
     from clipcore.rundir import run_dir_of_checkpoint
 
-    if args.command == "export":
-        _, module, _ = runner.module_from_checkpoint(args.ckpt, args.config, args.overrides)
-        run_dir = run_dir_of_checkpoint(args.ckpt) or args.ckpt.parent
-        out = args.out or run_dir / "exports" / args.ckpt.stem
-        print(f"export written to {runner.export_module(module, out)}")
-        return 0
     if args.ckpt:
         cfg, module, datamodule = runner.module_from_checkpoint(args.ckpt, args.config, args.overrides)
         run_dir = run_dir_of_checkpoint(args.ckpt) or args.ckpt.parent

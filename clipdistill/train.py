@@ -1,9 +1,14 @@
-"""Train any registered method: ``train.py`` / ``clipdistill train``.
+"""Train any registered method: ``clipdistill train`` / ``train.py``.
 
-    python train.py -c configs/experiment/b2n_coop_kdpl_vit_b32_pets.yaml data.root=/data/coop
-    python train.py -c configs/experiment/b2n_coop_kdpl_vit_b32_pets.yaml data.root=/data/coop resume=last
-    python train.py -c ... resume=last trainer.max_epochs=80 resume_allow=[trainer.max_epochs]
+    clipdistill train -c experiment/b2n_coop_kdpl_vit_b32_pets.yaml data.root=/data/coop
+    clipdistill train -c experiment/b2n_coop_kdpl_vit_b32_pets.yaml data.root=/data/coop resume=last
+    clipdistill train -c ... resume=last trainer.max_epochs=80 resume_allow=[trainer.max_epochs]
+    clipdistill train -c method/coop.yaml -c objective/kdpl.yaml -c trainer/cpu.yaml \
+        data.name=image_folder data.root=~/my_photos
+    clipdistill train -c experiment/simgcd_aircraft.yaml data.root=/data/aircraft
 
+``-c`` takes a file or a shipped config (``clipdistill list configs``); ``key=value`` overrides
+follow (``clipdistill list methods`` shows the methods and the keys each reads).
 A run lives in ``<output_dir>/<experiment>/<time>/`` (config.yaml, status.json, checkpoints/,
 metrics/, eval/, exports/, train.log). ``last.ckpt`` is written at the end of every epoch (and
 every ``checkpoint.every_n_steps`` steps when set); SIGTERM, SIGINT or SIGUSR1 save it and stop.
@@ -20,8 +25,8 @@ import sys
 from clipcore.cli import add_config_arguments, prepare_environment, run_guarded
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="train.py", description=__doc__,
+def main(argv: list[str] | None = None, prog: str = "train.py") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(parser)
     args = parser.parse_args(argv)

@@ -1,6 +1,7 @@
 """Assign images to the discovered clusters with an exported GCD student.
 
-    python -m gcd.assign --export runs/<exp>/<run>/exports/final --images FOLDER --out clusters.csv
+    clipdistill assign --export runs/<exp>/<run>/exports/final --images FOLDER --out clusters.csv
+    python -m gcd.assign ...  (the same command)
 
 The export is self-contained apart from the student's pretrained weights (``student.*`` of its
 config): the visual tower, ``ln_t``, the head and the concept text features come from the
@@ -43,13 +44,13 @@ def load_exported_module(export_dir: str | Path, device: str | torch.device = "c
 
 def list_image_files(folder: Path) -> list[Path]:
     from clipcore.data import DataError
-    from clipcore.data.readers import IMAGE_EXTENSIONS, is_image_file
+    from clipcore.data.readers import IMAGE_TYPES_HELP, is_image_file
 
     if not folder.is_dir():
         raise DataError(f"--images {folder}: expected a folder of images, but it does not exist")
     files = sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p.name))
     if not files:
-        raise DataError(f"--images {folder}: no image files under it (looked for {sorted(IMAGE_EXTENSIONS)})")
+        raise DataError(f"--images {folder}: no image files under it ({IMAGE_TYPES_HELP})")
     return files
 
 
@@ -80,8 +81,9 @@ def assign_clusters(export_dir: str | Path, image_folder: str | Path, out_csv: s
     return atomic_write(out_csv, write)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None, prog: str = "python -m gcd.assign") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--export", type=Path, required=True, help="export folder of a GCD run")
     parser.add_argument("--images", type=Path, required=True, help="folder of images (searched recursively)")
     parser.add_argument("--out", type=Path, required=True, help="CSV to write (path,cluster)")

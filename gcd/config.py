@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from clipcore.config import DataConfig, MethodFamily, register_method_family
+from clipcore.templates import fill
 
 GENERIC_TEMPLATE = "a photo of a {} ."
 # spec §1.1: applied to every concept (generic ones included) when specialized_template is on.
@@ -102,7 +103,7 @@ def prompt_template(section, dataset: str) -> str:
 
 def concept_prompts(template: str, concepts: list[str]) -> list[str]:
     """Concepts are inserted verbatim (the dictionary's spaces kept, as the reference)."""
-    return [template.format(c) for c in concepts]
+    return [fill(template, c) for c in concepts]
 
 
 def memax_weight(loss: GCDLossConfig, dataset: str) -> float:

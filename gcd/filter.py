@@ -1,6 +1,9 @@
 """Spectral concept filtering command (spectralgcd spec §1).
 
-    python -m gcd.filter -c configs/experiment/spectralgcd_cub.yaml [key=value ...] [--out DIR]
+    clipdistill filter -c experiment/spectralgcd_cub.yaml data.root=/data/cub [key=value ...] [--out DIR]
+    clipdistill filter -c experiment/spectralgcd_cub.yaml data.root=/data/cub \
+        teacher.name=ViT-SO400M-14-SigLIP teacher.pretrained=webli teacher.preprocess=model
+    python -m gcd.filter ...  (the same command)
 
 The teacher (``teacher.*``) scores every train image of ``data.name`` (test transform) against
 the dictionary (``gcd.dictionary``, de-duplicated, with the known class names appended);
@@ -37,11 +40,11 @@ def output_csv(cfg, out_dir: str | Path | None) -> Path:
 def run_filter(cfg, out_dir: str | Path | None = None) -> Path:
     """Filter ``gcd.dictionary`` on ``data.name`` with ``teacher``; returns the CSV path."""
     from clipcore.assets import merge_concepts, sha256_of
-    from clipcore.build import backbone_from_config
+    from clipcore.build import encoder_from_config
     from clipcore.io import atomic_write_text
     from gcd.config import concept_prompts, prompt_template
     from gcd.data import GCDDataModule
-    from gcd.methods import device_for_teacher, read_concepts
+    from gcd.methods import device_for_teacher, read_concepts, teacher_normalization
     from gcd.spectral import SpectralAccumulator, plot_spectrum, write_concepts_csv
     from gcd.teacher_cache import image_concept_logits, teacher_text_features
 
@@ -53,9 +56,9 @@ def run_filter(cfg, out_dir: str | Path | None = None) -> Path:
         cfg.data.name, cfg.data.root, prop_train_labels=cfg.data.prop_train_labels, seed=cfg.seed,
         split_follows_seed=cfg.data.split_follows_seed).splits
     concepts = merge_concepts(read_concepts(cfg.gcd.dictionary, "gcd.dictionary"), splits.old_classnames)
-    teacher = backbone_from_config(cfg.teacher).freeze().eval()
+    teacher = encoder_from_config(cfg.teacher).freeze().eval()
     datamodule = GCDDataModule(splits, image_size=teacher.image_size, eval_batch_size=cfg.data.eval_batch_size,
-                               num_workers=cfg.data.num_workers, normalization=cfg.data.normalization,
+                               num_workers=cfg.data.num_workers, **teacher_normalization(cfg, teacher),
                                pin_memory=device.type == "cuda", skip_corrupt=cfg.data.skip_corrupt,
                                max_corrupt_fraction=cfg.data.max_corrupt_fraction)
     datamodule.setup("fit")
@@ -97,10 +100,10 @@ def run_filter(cfg, out_dir: str | Path | None = None) -> Path:
     return csv_path
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m gcd.filter") -> int:
     from clipcore.cli import add_config_arguments, run_guarded
 
-    parser = argparse.ArgumentParser(prog="python -m gcd.filter", description=__doc__,
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(parser)
     parser.add_argument("--out", type=Path, help="folder for <dataset>_concepts.csv, spectrum.png, filter.json")

@@ -12,7 +12,7 @@ import torch
 from omegaconf import OmegaConf
 
 from clipcore.assets import load_dictionary, merge_concepts, sha256_of
-from clipcore.build import backbone_from_config
+from clipcore.build import backbone_from_config, encoder_from_config, uses_own_preprocessing
 from clipcore.config import ConfigError, to_plain
 from clipcore.data import DataError
 from clipcore.registry import register_method
@@ -67,6 +67,14 @@ def training_concepts(section, old_classnames: list[str]) -> list[str]:
     return merge_concepts(read_concepts(section.dictionary, "gcd.dictionary"), old_classnames)
 
 
+def teacher_normalization(cfg, teacher) -> dict:
+    """GCDDataModule arguments of the teacher's statistics: data.normalization (the reference),
+    or with ``teacher.preprocess: model`` the teacher's own mean and std."""
+    if uses_own_preprocessing(cfg.teacher, "teacher"):
+        return {"normalization": tuple(teacher.image_mean), "std": tuple(teacher.image_std)}
+    return {"normalization": cfg.data.normalization}
+
+
 def device_for_teacher(cfg) -> torch.device:
     wants_gpu = cfg.trainer.accelerator in ("gpu", "cuda", "auto")
     return torch.device("cuda") if wants_gpu and torch.cuda.is_available() else torch.device("cpu")
@@ -76,11 +84,11 @@ def teacher_representation_loader(cfg, datamodule: GCDDataModule, prompts: list[
     """A function that loads the teacher, returns the cached representations, and frees it."""
 
     def load() -> torch.Tensor:
-        teacher = backbone_from_config(cfg.teacher).freeze()
+        teacher = encoder_from_config(cfg.teacher).freeze()
         # The teacher sees the test transform at its own input size.
         teacher_dm = GCDDataModule(datamodule.splits, image_size=teacher.image_size,
                                    eval_batch_size=cfg.data.eval_batch_size,
-                                   num_workers=cfg.data.num_workers, normalization=cfg.data.normalization,
+                                   num_workers=cfg.data.num_workers, **teacher_normalization(cfg, teacher),
                                    pin_memory=torch.cuda.is_available(), skip_corrupt=cfg.data.skip_corrupt,
                                    max_corrupt_fraction=cfg.data.max_corrupt_fraction)
         teacher_dm.setup("fit")

@@ -4,8 +4,8 @@ The module trains a learner (``kdpl.prompts``) with an objective (``kdpl.objecti
 objective says which classes the learner trains on and whether a frozen teacher is needed, and
 computes each step's loss; the learner adds its own regularisation (PromptSRC's L_SCL).
 The module loads the teacher only when fitting, caches the teacher's text features, runs the
-optimiser and the per-epoch schedule, and evaluates the dataset's own classes with micro top-1
-accuracy.
+optimiser and the per-epoch schedule, and evaluates the dataset's own classes (top-1, top-5 and
+mean per-class recall, ``clipcore.evaluation``).
 """
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import logging
 from typing import Callable, Optional
 
 import torch
-from torchmetrics.classification import MulticlassAccuracy
 
 from clipcore.errors import NonFiniteLossError
+from clipcore.evaluation import ClassificationScores, PredictionRecorder, classification_eval_step
 from clipcore.module import ClipMethodModule
 from clipcore.schedule import sgd_with_schedule
 from clipcore.teacher import cached_text_features
@@ -30,11 +30,13 @@ class PromptLearningModule(ClipMethodModule):
     method_name = "prompt"
 
     def __init__(self, config: dict, student, learner, objective: Objective, *, classnames: list[str],
-                 optim, max_epochs: int, teacher_loader: Optional[Callable] = None):
+                 optim, max_epochs: int, teacher_loader: Optional[Callable] = None,
+                 teacher_view: Optional[Callable] = None):
         """``config``: the resolved run config (stored in checkpoints, not read here);
         ``learner``: built on ``student`` for ``classnames`` (the dataset's classes, evaluated);
         ``optim``: the ``optim`` section; ``teacher_loader()`` builds the frozen teacher, called
-        only when fitting and only when the objective uses one."""
+        only when fitting and only when the objective uses one; ``teacher_view(teacher)`` returns
+        the module that turns the student's batch into the teacher's input (None: the same batch)."""
         super().__init__(config)
         self.method_name = learner.name
         self.student = student.freeze()
@@ -46,10 +48,13 @@ class PromptLearningModule(ClipMethodModule):
         self.train_classnames = list(objective.train_classnames())
         self._active_classes = "eval"
         self._teacher_loader = teacher_loader
+        self._teacher_view = teacher_view
         self.teacher = None
+        self.teacher_view = None
         self.register_buffer("teacher_text", torch.empty(0), persistent=False)
-        self.val_acc = MulticlassAccuracy(num_classes=len(classnames), average="micro")
-        self.test_acc = MulticlassAccuracy(num_classes=len(classnames), average="micro")
+        self.val_scores = ClassificationScores(len(classnames))
+        self.test_scores = ClassificationScores(len(classnames))
+        self.predictions = PredictionRecorder()
         gpa = learner.prompt_aggregation()
         self.aggregator = PromptAggregator(self.max_epochs, *gpa) if gpa is not None else None
 
@@ -64,6 +69,8 @@ class PromptLearningModule(ClipMethodModule):
         # The teacher exists only while fitting: evaluation never pays for loading it.
         if stage == "fit" and self.objective.uses_teacher and self.teacher is None:
             self.teacher = self._teacher_loader().freeze()
+            if self._teacher_view is not None:
+                self.teacher_view = self._teacher_view(self.teacher)
 
     def _use_classes(self, which: str) -> None:
         if self._active_classes != which:
@@ -93,6 +100,8 @@ class PromptLearningModule(ClipMethodModule):
         """The teacher's logits over the objective's classes (the teacher is frozen: no graph)."""
         scale = self.student if self.objective.teacher_logit_scale == "student" else self.teacher
         with torch.no_grad():
+            if self.teacher_view is not None:
+                images = self.teacher_view(images)
             return teacher_logits(self.teacher.encode_image(images), self._teacher_text(), scale.logit_scale)
 
     def mean_over_ranks(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -130,18 +139,17 @@ class PromptLearningModule(ClipMethodModule):
         return sgd_with_schedule({"prompt": list(self.learner.parameters())}, self.optim, self.max_epochs)
 
     # -- evaluation -----------------------------------------------------------------------------
-    def _eval_step(self, batch, metric, stage: str) -> None:
-        if batch is None:  # every image of the batch was corrupt and skipped (data.skip_corrupt)
-            return
-        logits = self.learner(batch["image"]).logits
-        metric(logits, batch["label"])
-        self.log(f"{stage}/acc", metric, on_epoch=True, prog_bar=True, batch_size=len(batch["label"]))
-
     def validation_step(self, batch, batch_idx):
-        self._eval_step(batch, self.val_acc, "val")
+        if batch is not None:  # None: every image of the batch was corrupt and skipped
+            classification_eval_step(self, self.val_scores, self.learner(batch["image"]).logits, batch, "val")
+
+    def on_test_epoch_start(self) -> None:
+        self.predictions.clear()
 
     def test_step(self, batch, batch_idx):
-        self._eval_step(batch, self.test_acc, "test")
+        if batch is not None:
+            logits = self.learner(batch["image"]).logits
+            classification_eval_step(self, self.test_scores, logits, batch, "test", self.predictions)
 
     # -- checkpoints and export ---------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -224,10 +224,15 @@ def test_quickgelu_mismatch_warns():
 
 def test_custom_text_tower_refused(tiny_clip_config):
     cfg = dict(tiny_clip_config, custom_text=True)
-    with pytest.raises(BackboneLoadError, match="OpenAI-style text towers"):
+    with pytest.raises(BackboneLoadError, match="'custom' cannot be a prompt-learning student: it has a custom "
+                                                "text tower.*It can still be a teacher"):
         load_backbone("custom", config=cfg)
-    with pytest.raises(BackboneLoadError, match="OpenAI-style text towers"):
+    with pytest.raises(BackboneLoadError, match="'ViT-B-16-SigLIP' cannot be a prompt-learning student"):
         load_backbone("ViT-B-16-SigLIP")
+    with pytest.raises(BackboneLoadError, match="'coca_ViT-B-32' cannot be a prompt-learning student: it has a CoCa"):
+        load_backbone("coca_ViT-B-32")
+    with pytest.raises(BackboneLoadError, match="Hugging Face text tower \\(xlm-roberta-base\\)"):
+        load_backbone("xlm-roberta-base-ViT-B-32")
 
 
 def test_registered_resolvers_serve_their_names(backbone, tokens, tmp_path, monkeypatch):

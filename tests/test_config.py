@@ -3,7 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from clipcore.config import CONFIG_DIR, ConfigError, from_plain, load_config, read_stored, save_config, to_plain
+from clipcore.config import ConfigError, from_plain, load_config, read_stored, save_config, to_plain
+from clipdistill.app import CONFIG_DIR
 
 
 def write(path: Path, text: str) -> Path:
@@ -113,9 +114,13 @@ def test_group_lr_may_only_name_the_methods_parameter_groups():
 
 
 def test_override_values_yaml_cannot_read_are_taken_as_text():
-    cfg = load_config([], ['zeroshot.template=a photo of the number: "{}".'])
-    assert cfg.zeroshot.template == 'a photo of the number: "{}".'
-    assert load_config([], ["zeroshot.template=a {} of: colours"]).zeroshot.template == "a {} of: colours"
+    cfg = load_config([], ['zeroshot.templates=a photo of the number: "{}".'])
+    assert cfg.zeroshot.templates == 'a photo of the number: "{}".'
+    assert load_config([], ["zeroshot.templates=a {} of: colours"]).zeroshot.templates == "a {} of: colours"
+    assert load_config([], ["data.template=a {c} of: colours"]).data.template == "a {c} of: colours"
+    listed = load_config([], ['zeroshot.templates=["a photo of a {}.","a drawing of a {}."]']).zeroshot.templates
+    assert list(listed) == ["a photo of a {}.", "a drawing of a {}."]
+    assert load_config([], ["optim.group_lr={prompt: 0.5}"]).optim.group_lr == {"prompt": 0.5}  # braces: a mapping
     assert load_config([], ["seed=3"]).seed == 3  # YAML still reads what it can
     with pytest.raises(ConfigError, match=r"invalid value for 'seed'"):
         load_config([], ["seed=three"])
@@ -154,3 +159,32 @@ def test_a_v01_gcd_config_moves_its_optimiser_and_loss():
         0.2, {"backbone": 0.005, "ln_t": 0.1}, 5e-5, 1e-3)
     assert cfg.gcd.loss.info_nce_temperature == 0.5 and cfg.gcd.loss.sup_weight == 0.35
     assert "num_shots" not in cfg.data and cfg.data.prop_train_labels == 0.5
+
+
+@pytest.mark.parametrize("override, message", [
+    ("zeroshot.templates=a photo of a dog.", r"zeroshot.templates='a photo of a dog.' is neither a template"),
+    ('zeroshot.templates=["a photo of a {}.","no placeholder"]', r"zeroshot.templates\[1\]='no placeholder' has no "
+                                                                 r"class-name placeholder"),
+    ("data.template=a photo", r"data.template='a photo' has no class-name placeholder"),
+    ("data.template=a {name}", r"data.template='a \{name\}': unknown placeholder\(s\) \{name\}"),
+    ("data.template=a {} or {c}", r"mixes \{\} and \{c\}"),
+    ("data.template=a {", r"data.template='a \{': .*expected a class-name placeholder"),
+    ("method=coop objective.name=kdpl objective.teacher_template=x",
+     r"objective.teacher_template='x' has no class-name placeholder"),
+    ("method=spectralgcd gcd.template=concept", r"gcd.template='concept' has no class-name placeholder"),
+])
+def test_templates_without_a_placeholder_are_refused_naming_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config([], override.split(" ") if override.startswith("method=") else [override])
+
+
+def test_both_placeholders_fill_the_class_name():
+    from clipcore.classnames import prompts_for
+
+    assert prompts_for("a photo of a {}.", ["golden_retriever"]) == ["a photo of a golden retriever."]
+    assert prompts_for("a {c} ({c}), {{literal}}", ["cat"]) == ["a cat (cat), {literal}"]
+
+
+def test_a_v01_zero_shot_template_becomes_a_template_list():
+    cfg = load_config(base={"method": "zeroshot", "zeroshot": {"model": "student", "template": "a {} photo."}})
+    assert list(cfg.zeroshot.templates) == ["a {} photo."]

@@ -13,9 +13,9 @@ from gcd_layouts import CONCEPTS, GCD_CLASSES, GCD_KNOWN, write_dictionary, writ
 from training_helpers import epochs_done, gcd_overrides
 
 from clipcore import runner
-from clipcore.backbone import ClipBackbone
 from clipcore.build import backbone_from_config
 from clipcore.config import load_config
+from clipcore.encoder import FrozenEncoder
 from clipcore.export import read_export
 from clipcore.registry import method_builder
 from clipdistill.app import register_methods
@@ -136,8 +136,8 @@ def test_teacher_cache_is_hit_and_recomputed_when_its_inputs_change(tmp_path, mo
     data = write_gcd_image_folder(tmp_path / "data")
     dictionary = write_dictionary(tmp_path / "dictionary.csv")
     calls = []
-    original = ClipBackbone.encode_image
-    monkeypatch.setattr(ClipBackbone, "encode_image", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    original = FrozenEncoder.encode_image  # the teacher is a FrozenEncoder (any open_clip model)
+    monkeypatch.setattr(FrozenEncoder, "encode_image", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
 
     def representations(**extra):
         calls.clear()

@@ -131,7 +131,8 @@ def test_kdpl_ca_trains_on_dictionary_and_evaluates_on_dataset(tmp_path, data, d
     seen = {"train": set(), "selected": set(), "eval": set()}
     from kdpl.objectives.kdpl_ca import KDPLCA
 
-    train_step, eval_step = PromptLearningModule.training_step, PromptLearningModule._eval_step
+    train_step, test_step = PromptLearningModule.training_step, PromptLearningModule.test_step
+    validation_step = PromptLearningModule.validation_step
     select = KDPLCA.select_classes
 
     def record_train(self, batch, batch_idx):
@@ -144,13 +145,16 @@ def test_kdpl_ca_trains_on_dictionary_and_evaluates_on_dataset(tmp_path, data, d
         seen["selected"].add(chosen.numel())
         return chosen
 
-    def record_eval(self, batch, metric, stage):
-        seen["eval"].add(tuple(self.learner.classnames))
-        return eval_step(self, batch, metric, stage)
+    def recording(step):
+        def record_eval(self, batch, batch_idx):
+            seen["eval"].add(tuple(self.learner.classnames))
+            return step(self, batch, batch_idx)
+        return record_eval
 
     monkeypatch.setattr(PromptLearningModule, "training_step", record_train)
     monkeypatch.setattr(KDPLCA, "select_classes", record_select)
-    monkeypatch.setattr(PromptLearningModule, "_eval_step", record_eval)
+    monkeypatch.setattr(PromptLearningModule, "test_step", recording(test_step))
+    monkeypatch.setattr(PromptLearningModule, "validation_step", recording(validation_step))
     run_dir = runner.train(make_config(tmp_path, data, dictionary, "coop", "kdpl_ca", trainer__max_epochs=1))
     assert seen["train"] == {tuple(DICTIONARY)}
     assert seen["selected"] == {5}
@@ -163,8 +167,10 @@ def test_teacher_loaded_for_training_only_and_text_features_cached(tmp_path, dat
     import clipcore.teacher
 
     loads, encodes = [], []
-    build, encode = kdpl_methods.backbone_from_config, clipcore.teacher.encode_prompts
+    build, build_teacher = kdpl_methods.backbone_from_config, kdpl_methods.encoder_from_config
+    encode = clipcore.teacher.encode_prompts
     monkeypatch.setattr(kdpl_methods, "backbone_from_config", lambda s: loads.append(s.name) or build(s))
+    monkeypatch.setattr(kdpl_methods, "encoder_from_config", lambda s: loads.append(s.name) or build_teacher(s))
     monkeypatch.setattr(clipcore.teacher, "encode_prompts", lambda b, p, *a: encodes.append(len(p)) or encode(b, p, *a))
     cfg = make_config(tmp_path, data, dictionary, "coop", "kdpl", trainer__max_epochs=1)
     first = runner.train(cfg)

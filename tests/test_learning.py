@@ -18,8 +18,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import demo
 from clipcore.synthetic import ATTRIBUTE_WORDS, DISTRACTOR_WORDS, ShapeWorld
+from clipdistill import demo
 
 PROFILE = demo.PROFILES["quick"]
 # The module fixture (pretraining both test models, then every method) runs inside the first

@@ -8,10 +8,10 @@ import torch.nn.functional as F
 
 from clipcore.backbone import load_backbone
 from clipcore.config import ConfigError
+from clipcore.templates import PROMPTSRC_TEMPLATES
 from kdpl.prompts import PROMPT_LEARNERS, build_prompt_learner, gaussian_weights
 from kdpl.prompts.gpa import PromptAggregator
 from kdpl.prompts.hooks import deep_text_hook, deep_vision_hook
-from kdpl.templates import IMAGENET_TEMPLATES
 
 CLASSNAMES = ["cat", "golden_retriever", "sea lion", "hot-air balloon", "x"]
 ALL = sorted(PROMPT_LEARNERS)
@@ -305,11 +305,11 @@ def test_deep_hooks_insert_and_replace_the_right_tokens():
 # ----- PromptSRC -----
 def test_promptsrc_references_and_scl_loss_closed_form(tiny, images):
     learner = perturb(build("promptsrc", tiny)).train()
-    assert len(IMAGENET_TEMPLATES) == 60 and IMAGENET_TEMPLATES[0] == "a photo of a {}."
+    assert len(PROMPTSRC_TEMPLATES) == 60 and PROMPTSRC_TEMPLATES[0] == "a photo of a {}."
     with torch.no_grad():
         per_template = torch.stack([
             tiny.encode_text(tiny.tokenize([t.format(c.replace("_", " ")) for c in CLASSNAMES]))
-            for t in IMAGENET_TEMPLATES])
+            for t in PROMPTSRC_TEMPLATES])
     torch.testing.assert_close(learner.fixed_embeddings, per_template.mean(0), rtol=0, atol=1e-5)
 
     idx = torch.tensor([4, 1])

@@ -7,10 +7,10 @@ import math
 import open_clip
 import pytest
 
-from clipcore.config import CONFIG_DIR, load_config
+from clipcore.config import load_config
 from clipcore.data import get_dataset
 from clipcore.schedule import epoch_lr
-from clipdistill.app import register_methods
+from clipdistill.app import CONFIG_DIR, register_methods
 from kdpl.datasets import COOP_DATASETS, IMAGENET_VARIANTS
 
 register_methods()

@@ -1,6 +1,7 @@
 """The training loop end to end: fit, checkpoints, resume, export/import, eval, DDP."""
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -128,8 +129,22 @@ def test_eval_cli_on_checkpoint_writes_json_and_table(tmp_path, data):
 
     assert eval_entry.main(["--ckpt", str(run_dir / "checkpoints" / "last.ckpt"), "--out", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics) == {"test/acc"}
+    assert set(metrics) == {"test/acc", "test/acc_top5", "test/mean_class_acc"}
     assert "| test/acc |" in (out / "metrics.md").read_text()
+    # predictions.csv: one row per test image; the metrics recomputed from it agree.
+    with open(out / "predictions.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    _, _, dm = runner.module_from_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    assert [r["path"] for r in rows] == [d.path for d in dm.splits.test]
+    assert all(r["label"] == d.classname for r, d in zip(rows, dm.splits.test))
+    top1 = sum(r["prediction"] == r["label"] for r in rows) / len(rows)
+    top5 = sum(r["label"] in r["top5"].split("|") for r in rows) / len(rows)
+    recalls = [sum(r["prediction"] == c for r in rows if r["label"] == c) / sum(r["label"] == c for r in rows)
+               for c in {r["label"] for r in rows}]
+    assert metrics["test/acc"] == pytest.approx(top1)
+    assert metrics["test/acc_top5"] == pytest.approx(top5)
+    assert metrics["test/mean_class_acc"] == pytest.approx(sum(recalls) / len(recalls))
+    assert all(r["top5"].split("|")[0] == r["prediction"] and 0 < float(r["score"]) <= 1 for r in rows)
 
 
 def test_fast_dev_run(tmp_path, data):

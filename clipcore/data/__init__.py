@@ -1,5 +1,6 @@
 """Data core: records, dataset registry, on-disk readers, few-shot sampling, base/new class
 subsets, transforms, a rank-aware deterministic sampler and a LightningDataModule."""
+from . import image_folder as _image_folder  # noqa: F401  (registers data.name=image_folder)
 from .datamodule import ClassificationDataModule
 from .dataset import ImageDataset
 from .fewshot import base_new_labels, group_by_label, sample_few_shot, subsample_classes

@@ -27,18 +27,33 @@ def read_splits(data_cfg, seed: int, info: DatasetInfo | None = None) -> Dataset
     return subsample_classes(splits, data_cfg.subsample_classes)
 
 
-def classification_datamodule(cfg, image_size: int) -> ClassificationDataModule:
+def classification_datamodule(cfg, image_size: int, stats: tuple | None = None) -> ClassificationDataModule:
+    """``image_size``: the model's, unless ``data.image_size`` is set. ``stats``: the model's own
+    ``(mean, std)`` (``<model>.preprocess: model``): they replace ``data.normalization``, and
+    ``image_size`` is used whatever ``data.image_size`` says."""
     data = cfg.data
+    mean, std = stats if stats is not None else (data.normalization, None)
+    size = image_size if stats is not None else (data.image_size or image_size)
     # Read now: a missing folder or split file fails before a run folder exists.
     return ClassificationDataModule(
         read_splits(data, cfg.seed),
         batch_size=data.batch_size,
         eval_batch_size=data.eval_batch_size,
         num_workers=data.num_workers,
-        image_size=data.image_size or image_size,
-        mean=data.normalization,
+        image_size=size,
+        mean=mean,
+        std=std,
         min_crop_scale=data.min_crop_scale,
         seed=cfg.seed,
         skip_corrupt=data.skip_corrupt,
         max_corrupt_fraction=data.max_corrupt_fraction,
     )
+
+
+def dataset_template(cfg) -> str:
+    """The prompt template of the dataset's classes: ``data.template``, else the registered one."""
+    from clipcore.templates import check_template
+
+    if cfg.data.template is not None:
+        return check_template(cfg.data.template, "data.template")
+    return get_dataset(cfg.data.name).template

@@ -10,9 +10,19 @@ from PIL import Image, UnidentifiedImageError
 
 from .records import CorruptImageError, DataError, Datum
 
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
-)
+# Extensions of the formats PIL can decode, minus the ones it only identifies (stub plug-ins for
+# scientific formats) or needs outside programs for (PostScript via Ghostscript, vector metafiles).
+_NOT_DECODED = frozenset({".bufr", ".grib", ".h5", ".hdf", ".emf", ".wmf", ".eps", ".ps", ".mpeg", ".mpg"})
+
+
+def _pil_extensions() -> frozenset[str]:
+    Image.init()
+    return frozenset(ext for ext, fmt in Image.registered_extensions().items()
+                     if fmt in Image.OPEN and ext not in _NOT_DECODED)
+
+
+IMAGE_EXTENSIONS = _pil_extensions()
+IMAGE_TYPES_HELP = "any format PIL decodes: .jpg, .jpeg, .png, .webp, .bmp, .gif, .tif, .ppm, ..."
 SPLIT_NAMES = ("train", "val", "test")
 
 
@@ -72,8 +82,8 @@ def list_class_images(folder: str | os.PathLike) -> list[Path]:
     otherwise become a class without examples)."""
     images = list_images(folder)
     if not images:
-        raise DataError(f"class folder {folder} holds no images (image files end in "
-                        f"{', '.join(sorted(IMAGE_EXTENSIONS))}): add images or remove the folder")
+        raise DataError(f"class folder {folder} holds no images ({IMAGE_TYPES_HELP}): "
+                        f"add images or remove the folder")
     return images
 
 

@@ -1,15 +1,15 @@
 """Run an evaluation protocol: every method x dataset x seed, then one table.
 
-    python -m clipdistill.protocols b2n --methods zeroshot,coop,coop+kdpl,coop+kdpl_ca \\
-        --datasets oxford_pets,dtd,eurosat --seeds 1,2,3 -c configs/trainer/gpu.yaml data.root=/data/coop
-    python -m clipdistill.protocols xd --methods zeroshot,coop,coop+kdpl data.root=/data/coop
-    python -m clipdistill.protocols dg --methods zeroshot,coop,coop+kdpl data.root=/data/coop
-    python -m clipdistill.protocols gcd --methods spectralgcd,simgcd --datasets cub,scars \\
-        --data-roots cub=/data/cub,scars=/data/scars -c configs/trainer/gpu.yaml
-    python -m clipdistill.protocols b2n ... --print                     # the cells' train commands
-    python -m clipdistill.protocols b2n ... --devices 0,1,2,3           # 4 cells at a time, 1 GPU each
-    python -m clipdistill.protocols b2n ... --slurm partition=gpu,gpus_per_node=1,timeout_min=240
-    python -m clipdistill.protocols aggregate --root runs
+    clipdistill protocols b2n --methods zeroshot,coop,coop+kdpl,coop+kdpl_ca \\
+        --datasets oxford_pets,dtd,eurosat --seeds 1,2,3 -c trainer/gpu.yaml data.root=/data/coop
+    clipdistill protocols xd --methods zeroshot,coop,coop+kdpl data.root=/data/coop
+    clipdistill protocols dg --methods zeroshot,coop,coop+kdpl data.root=/data/coop
+    clipdistill protocols gcd --methods spectralgcd,simgcd --datasets cub,scars \\
+        --data-roots cub=/data/cub,scars=/data/scars -c trainer/gpu.yaml
+    clipdistill protocols b2n ... --print                     # the cells' train commands
+    clipdistill protocols b2n ... --devices 0,1,2,3           # 4 cells at a time, 1 GPU each
+    clipdistill protocols b2n ... --slurm partition=gpu,gpus_per_node=1,timeout_min=240
+    clipdistill protocols aggregate --root runs
 
 Tables go to ``<output_dir>/<protocol>/results.{csv,md}``. Finished cells with the same config
 are reused; an override that only some methods read (``objective.k_max``) reaches those only.
@@ -41,8 +41,8 @@ def _slurm_parameters(text: str) -> dict:
     return params
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m clipdistill.protocols", description=__doc__,
+def parser(prog: str = "python -m clipdistill.protocols") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("protocol", help="b2n, xd, dg, gcd, or aggregate")
     p.add_argument("--methods", help="comma-separated methods (default: the protocol's)")
@@ -61,8 +61,8 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    p = parser()
+def main(argv: Optional[list[str]] = None, prog: str = "python -m clipdistill.protocols") -> int:
+    p = parser(prog)
     # Intermixed: overrides may follow the options (plain parsing binds them to nothing).
     args = p.parse_intermixed_args(argv)
     return run_guarded(lambda: _run(p, args), debug=args.debug)

@@ -12,7 +12,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import ClassVar, Optional, Sequence
 
-from clipcore.config import CONFIG_DIR, ConfigError
+from clipcore.config import ConfigError
+from clipdistill.app import CONFIG_DIR
 from clipdistill.protocols.results import Cell, SeedResult
 
 ZEROSHOT = {"zeroshot": "student", "zeroshot-teacher": "teacher"}

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from clipcore.classnames import readable_classname
 from clipcore.config import ConfigError
+from clipcore.templates import fill
 from kdpl.prompts.config import LearnerConfig
 from kdpl.prompts.hooks import Hook
 
@@ -54,6 +55,11 @@ class PromptLearner(nn.Module):
     # Cut prompts after the selected classes' longest EOT (exact under the causal mask). False
     # runs all `context_length` tokens, as the reference does (benchmarks/bench_kdpl.py).
     truncate_text: bool = True
+    # The learned prompts change only the text side: the image features are the frozen model's,
+    # so the class text features are a fixed linear classifier on plain open_clip image
+    # features (`clipdistill export --classes` bakes it). False for image-conditioned (CoCoOp)
+    # and visually prompted (VPT, MaPLe, PromptSRC) learners.
+    text_only: ClassVar[bool] = False
 
     def __init__(self, backbone, classnames: list[str], cfg: Any = None):
         super().__init__()
@@ -198,8 +204,10 @@ class PromptLearner(nn.Module):
         ])
 
     @torch.no_grad()
-    def _frozen_text_features(self, templates: Sequence[str]) -> Tensor:
-        """Zero-shot text features `[C, D]` (fp32, unnormalised) averaged over `templates`.
+    def _frozen_text_features(self, templates: Sequence[str], normalize_each: bool = False) -> Tensor:
+        """Zero-shot text features `[C, D]` (fp32) averaged over `templates`: the mean of the
+        unnormalised features, or with `normalize_each` the renormalised mean of the normalised
+        ones (CLIP's prompt ensembling).
 
         All template × class prompts go through the text tower in chunks of `text_chunk_size`,
         each cut after its longest EOT; per-class sums are accumulated, so memory stays
@@ -211,15 +219,18 @@ class PromptLearner(nn.Module):
         with fp32(self.backbone.logit_scale):  # a cache: computed in fp32 whatever the caller's autocast
             for start in range(0, total, chunk):
                 flat = range(start, min(total, start + chunk))
-                texts = [templates[k // n_cls].format(self.classnames[k % n_cls]) for k in flat]
+                texts = [fill(templates[k // n_cls], self.classnames[k % n_cls]) for k in flat]
                 tokens = self.backbone.tokenize(texts)
                 eot = self.backbone.eot_index(tokens)
                 feats = self.backbone.encode_text_embeddings(
                     self._embed(tokens[:, : int(eot.max()) + 1]), eot, truncate=True).float()
+                if normalize_each:
+                    feats = F.normalize(feats, dim=-1)
                 if sums is None:
                     sums = feats.new_zeros(n_cls, feats.shape[1])
                 sums.index_add_(0, torch.tensor([k % n_cls for k in flat], device=feats.device), feats)
-        return sums / len(templates)
+        mean = sums / len(templates)
+        return F.normalize(mean, dim=-1) if normalize_each else mean
 
     def _vision_pre_norm(self, tokens: Tensor) -> Tensor:
         """The vision stem's LayerNorm applied to prompt tokens.
@@ -249,6 +260,15 @@ class PromptLearner(nn.Module):
             text_features = F.normalize(text_features.float(), dim=-1)
             logits = self.logit_scale() * image_features @ text_features.t()
         return PromptOutput(logits, image_features, text_features)
+
+    @torch.no_grad()
+    def class_text_classifier(self) -> Tensor:
+        """``[C, D]`` L2-normalised fp32 text features of the current class list (text-only
+        learners: with the frozen image features they give exactly the learner's logits)."""
+        if not self.text_only:
+            raise ConfigError(f"{self.name} prompts the image tower or conditions its text on the image, so "
+                              f"its classes have no fixed text classifier")
+        return F.normalize(self.encode_class_text(None).float(), dim=-1)
 
     def logit_scale(self) -> Tensor:
         """exp(logit_scale) of the frozen backbone, fp32."""

@@ -35,6 +35,8 @@ class CoOp(PromptLearner):
     length, and its `learned_state` does not transfer to other datasets.
     """
 
+    text_only = True
+
     def __init__(self, backbone, classnames: list[str], cfg: Any = None):
         super().__init__(backbone, classnames, cfg)
         if self.cfg.class_token_position not in POSITIONS:

@@ -7,7 +7,8 @@ replacing them before text blocks 1..D_t-1; `vision_prompts[0]` appended after t
 Self-regularisation (L_SCL) pulls the prompted model towards the frozen one:
 25·L1(t̃, t̃_zs) + 10·L1(ĩ, ĩ_zs) + KL(p_zs‖p) with the KL summed and divided by B·C. t̃_zs is
 the mean over the 60 ImageNet templates of the *unnormalised* zero-shot text features (a
-non-persistent buffer, rebuilt with the class list); ĩ_zs comes from the frozen image tower
+non-persistent buffer, rebuilt with the class list; ``template_average: normalized`` averages
+normalised features instead, as CLIP's ensembling does); ĩ_zs comes from the frozen image tower
 without prompts. Since the backbone is frozen and prompts are injected only through hooks, the
 backbone itself is that tower: the reference's extra CLIP copy for it is not needed.
 GPA (Gaussian prompt aggregation) lives in `kdpl.prompts.gpa`; `cfg.gpa_mean/gpa_std` hold its
@@ -22,11 +23,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from clipcore.config import ConfigError
+from clipcore.templates import PROMPTSRC_TEMPLATES
 from kdpl.prompts.base import PromptLearner, PromptOutput, fp32
 from kdpl.prompts.config import ContextConfig
 from kdpl.prompts.hooks import deep_text_hook, deep_vision_hook
 from kdpl.prompts.registry import register_prompt_learner
-from kdpl.templates import IMAGENET_TEMPLATES
+
+TEMPLATE_AVERAGES = ("raw", "normalized")
 
 
 @dataclass
@@ -45,6 +49,11 @@ class PromptSRCConfig(ContextConfig):
     # Gaussian prompt aggregation over epochs: mean and std (15/1 base-to-novel, 6/10 cross-dataset).
     gpa_mean: Optional[float] = 15.0
     gpa_std: Optional[float] = 1.0
+    # How the 60 templates' frozen text features are averaged: raw (the reference: the mean of
+    # unnormalised features, so templates with larger feature norms weigh more; its published
+    # numbers depend on it) | normalized (CLIP's ensembling: normalise each template's feature,
+    # average, renormalise; every template weighs the same).
+    template_average: str = "raw"
 
 
 @register_prompt_learner("promptsrc", config=PromptSRCConfig)
@@ -57,6 +66,9 @@ class PromptSRC(PromptLearner):
 
     def __init__(self, backbone, classnames: list[str], cfg: Any = None):
         super().__init__(backbone, classnames, cfg)
+        if self.cfg.template_average not in TEMPLATE_AVERAGES:
+            raise ConfigError(f"prompt.template_average={self.cfg.template_average!r}: expected one of "
+                              f"{', '.join(TEMPLATE_AVERAGES)}")
         self.text_depth = self.cfg.text_depth if self.cfg.text_depth is not None else self.cfg.depth
         self.vision_depth = self.cfg.vision_depth if self.cfg.vision_depth is not None else self.cfg.depth
         self._check_depth(self.text_depth, backbone.n_text_blocks, "text")
@@ -80,7 +92,8 @@ class PromptSRC(PromptLearner):
 
     def _build_class_buffers(self) -> None:
         self._register_prompt_tokens(self.prompt_prefix, self.n_ctx)
-        self._set_buffer("fixed_embeddings", self._frozen_text_features(IMAGENET_TEMPLATES))
+        self._set_buffer("fixed_embeddings", self._frozen_text_features(
+            PROMPTSRC_TEMPLATES, normalize_each=self.cfg.template_average == "normalized"))
 
     def encode_class_text(self, class_indices: Optional[Tensor]) -> Tensor:
         prompts, eot = self._assemble(self.ctx, class_indices)
