@@ -3,6 +3,7 @@
 #   ./run.sh demo            the offline demo: every method on the synthetic world, one table
 #   ./run.sh test [ARGS]     the test suite (ARGS go to pytest)
 #   ./run.sh python ARGS     any command inside the environment, e.g. ./run.sh python train.py -c ...
+#   ./run.sh clipdistill ARGS  the clipdistill tool inside the environment
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV="${CLIPDISTILL_VENV:-.venv}"
@@ -27,5 +28,6 @@ case "$cmd" in
   demo) exec "$VENV/bin/python" demo.py "$@" ;;
   test) exec "$VENV/bin/python" -m pytest "$@" ;;
   python) exec "$VENV/bin/python" "$@" ;;
-  *) echo "usage: ./run.sh demo | test [pytest args] | python ARGS" >&2; exit 2 ;;
+  clipdistill) exec "$VENV/bin/clipdistill" "$@" ;;
+  *) echo "usage: ./run.sh demo | test [pytest args] | python ARGS | clipdistill ARGS" >&2; exit 2 ;;
 esac

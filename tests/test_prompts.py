@@ -335,6 +335,21 @@ def test_promptsrc_references_and_scl_loss_closed_form(tiny, images):
             learner.regularization_loss(learner(images))
 
 
+def test_promptsrc_normalized_template_average_weighs_templates_equally(tiny):
+    """template_average=normalized: CLIP's ensembling (normalise, average, renormalise)."""
+    learner = build("promptsrc", tiny, template_average="normalized")
+    with torch.no_grad():
+        per_template = torch.stack([F.normalize(
+            tiny.encode_text(tiny.tokenize([t.format(c.replace("_", " ")) for c in CLASSNAMES])), dim=-1)
+            for t in PROMPTSRC_TEMPLATES])
+    torch.testing.assert_close(learner.fixed_embeddings, F.normalize(per_template.mean(0), dim=-1),
+                               rtol=0, atol=1e-5)
+    raw = build("promptsrc", tiny).fixed_embeddings  # the default keeps the reference's rule
+    assert not torch.allclose(F.normalize(raw, dim=-1), learner.fixed_embeddings, atol=1e-4)
+    with pytest.raises(ConfigError, match="prompt.template_average='mean': expected one of raw, normalized"):
+        build("promptsrc", tiny, template_average="mean")
+
+
 # ----- GPA (invariant 12) -----
 def test_gaussian_weights_match_the_reference_values():
     w = gaussian_weights(20, 15, 1)
