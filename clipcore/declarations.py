@@ -15,8 +15,9 @@ a fraction of a second), so :func:`find_declarations` reads the files with ``ast
 finds every class decorated with ``@<decorator>("<name>", config=<Class>)`` and rebuilds the
 config class from its annotated fields. Field types are plain type expressions (``int``,
 ``Optional[str]``, ``list`` ...), defaults are literals or ``field(default_factory=list|dict)``,
-and base classes are other config classes of the same file or of a module that imports no
-heavy dependency. A test checks that the rebuilt class equals the real one for every
+and base classes are config classes of the same file, of another plug-in file of the package
+(read the same way, e.g. KgCoOp's config extends CoOp's), or of a module that imports no heavy
+dependency. A test checks that the rebuilt class equals the real one for every
 declaration, so the two cannot drift.
 """
 from __future__ import annotations
@@ -108,6 +109,16 @@ def _imported_names(tree: ast.Module) -> dict[str, tuple[str, str]]:
     return names
 
 
+def _sibling_file(source: str, module: str):
+    """The file of ``source`` when it is a plug-in module of ``module``'s package (its imports
+    may be heavy), else None."""
+    package, _, _ = module.rpartition(".")
+    if source.rpartition(".")[0] != package:
+        return None
+    candidate = next((f for f in package_files(package) if f.stem == source.rpartition(".")[2]), None)
+    return candidate
+
+
 def _build(node: ast.ClassDef, classes: dict, tree: ast.Module, module: str, path: Path, done: dict) -> type:
     if node.name in done:
         return done[node.name]
@@ -119,7 +130,15 @@ def _build(node: ast.ClassDef, classes: dict, tree: ast.Module, module: str, pat
             bases.append(_build(classes[base_name], classes, tree, module, path, done))
         elif base_name in imported:
             source, attribute = imported[base_name]
-            bases.append(getattr(importlib.import_module(source), attribute))
+            sibling = _sibling_file(source, module)
+            if sibling is not None:  # another plug-in file (CoOpConfig for KgCoOp): read, not imported
+                sibling_tree = ast.parse(sibling.read_text(), filename=str(sibling))
+                sibling_classes = {n.name: n for n in sibling_tree.body if isinstance(n, ast.ClassDef)}
+                if attribute not in sibling_classes:
+                    raise DeclarationError(f"{path}:{node.lineno}: {source} defines no class {attribute!r}")
+                bases.append(_build(sibling_classes[attribute], sibling_classes, sibling_tree, source, sibling, {}))
+            else:
+                bases.append(getattr(importlib.import_module(source), attribute))
         else:
             raise DeclarationError(f"{path}:{node.lineno}: base {base_name!r} of {node.name} is neither a "
                                    f"class of this file nor imported with 'from <module> import'")

@@ -14,6 +14,14 @@ from kdpl.objectives.registry import build_objective
 from kdpl.prompts.registry import build_prompt_learner
 
 
+def learner_settings(cfg) -> dict:
+    """The ``prompt`` section; a learner's ``template: null`` is the dataset's template."""
+    settings = to_plain(cfg.prompt)
+    if "template" in settings and settings["template"] is None:
+        settings["template"] = dataset_template(cfg)
+    return settings
+
+
 def build_prompt_method(cfg):
     """Student, datamodule, learner and objective of ``cfg``, in one module."""
     teacher_sees_own_input = uses_own_preprocessing(cfg.teacher, "teacher")
@@ -21,7 +29,7 @@ def build_prompt_method(cfg):
     datamodule = classification_datamodule(cfg, student.image_size)
     classnames = datamodule.classnames
     objective = build_objective(cfg.objective, classnames, dataset_template(cfg))
-    learner = build_prompt_learner(cfg.method, student.freeze(), classnames, to_plain(cfg.prompt))
+    learner = build_prompt_learner(cfg.method, student.freeze(), classnames, learner_settings(cfg))
 
     def teacher_view(teacher):
         """The teacher sees the student's batch at its own input size (the identity when the sizes

@@ -122,6 +122,11 @@ class PromptLearningModule(ClipMethodModule):
             raise NonFiniteLossError(f"non-finite training loss ({loss.item()}) at epoch {self.current_epoch}, "
                                      f"step {self.global_step}; last logged parts: {logs}")
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=len(images))
+        same_classes = self.train_classnames == self.eval_classnames
+        if same_classes and result.output.logits.shape[-1] == len(self.eval_classnames):
+            # Accuracy on the training batch (a metric only: KDPL's loss never reads the labels).
+            # Objectives that train on other classes (KDPL-CA's dictionary) have none to report.
+            logs["train/acc"] = (result.output.logits.detach().argmax(-1) == labels).float().mean()
         self.log_dict(logs, batch_size=len(images))
         return loss
 

@@ -80,7 +80,10 @@ def copy(tmp_path_factory) -> Path:
     tracked = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
                              capture_output=True, text=True, check=True).stdout
     for name in tracked.splitlines():
-        if (REPO / name).is_file():
+        if (REPO / name).is_symlink():  # ./configs -> clipdistill/configs
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(os.readlink(REPO / name), root / name)
+        elif (REPO / name).is_file():
             (root / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, root / name)
     (root / "kdpl" / "prompts" / "biased_coop.py").write_text(LEARNER)

@@ -161,6 +161,26 @@ def test_kdpl_ca_trains_on_dictionary_and_evaluates_on_dataset(tmp_path, data, d
     assert seen["eval"] == {tuple(CLASSES)}
     rows = list(csv.DictReader(open(run_dir / "metrics" / "0" / "metrics.csv")))
     assert {float(r["train/selected_classes"]) for r in rows if r.get("train/selected_classes")} == {5.0}
+    assert not any(r.get("train/acc") for r in rows)  # trained on the dictionary: no label accuracy
+
+
+@pytest.mark.parametrize("objective", ["supervised", "kdpl"])
+def test_train_accuracy_is_logged_on_the_training_batches(tmp_path, data, dictionary, objective, monkeypatch):
+    batches = []
+    step = PromptLearningModule.training_step
+
+    def record(self, batch, batch_idx):
+        with torch.no_grad():
+            logits = self.learner(batch["image"]).logits
+        batches.append((logits.argmax(-1) == batch["label"]).float().mean().item())
+        return step(self, batch, batch_idx)
+
+    monkeypatch.setattr(PromptLearningModule, "training_step", record)
+    run_dir = runner.train(make_config(tmp_path, data, dictionary, "coop", objective, trainer__max_epochs=1))
+    rows = list(csv.DictReader(open(run_dir / "metrics" / "0" / "metrics.csv")))
+    logged = [float(r["train/acc"]) for r in rows if r.get("train/acc")]
+    # The learner is deterministic (no dropout), so the forward above sees the step's own logits.
+    assert logged == pytest.approx(batches[:len(logged)]) and len(logged) == len(batches)
 
 
 def test_teacher_loaded_for_training_only_and_text_features_cached(tmp_path, data, dictionary, monkeypatch):

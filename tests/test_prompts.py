@@ -410,3 +410,38 @@ def test_untruncated_text_tower_gives_the_same_logits(tiny, images, name):
     full = learner(images, class_indices=idx).logits
     assert learner._selected_tokens(idx)[0].shape[1] == tiny.context_length
     torch.testing.assert_close(full, cut, rtol=1e-4, atol=1e-4)
+
+
+# ----- KgCoOp -----
+def test_kgcoop_is_coop_plus_the_knowledge_guided_distance(tiny, images):
+    """loss term = weight * (1 - mean_c cos(t_c, t_c^zs)) over the classes of the step (reference
+    trainers/kgcoop.py), t^zs the frozen features of the hand-crafted prompt."""
+    learner = perturb(build("kgcoop", tiny, template="a sketch of a {}.", weight=3.0)).train()
+    coop = build("coop", tiny)
+    coop.load_learned_state(learner.learned_state())
+    with torch.no_grad():
+        zs = F.normalize(tiny.encode_text(tiny.tokenize([f"a sketch of a {c.replace('_', ' ')}." for c in CLASSNAMES])),
+                         dim=-1)
+    idx = torch.tensor([4, 1])
+    out = learner(images, idx)
+    torch.testing.assert_close(out.logits, coop.eval()(images, idx).logits)  # CoOp's prompt and logits
+    loss, parts = learner.regularization_loss(out)
+    expected = 1 - (out.text_features * zs[idx]).sum(-1).mean()
+    torch.testing.assert_close(parts["kg_score"], expected.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(loss, 3.0 * expected, rtol=1e-5, atol=1e-6)
+    loss.backward()
+    assert learner.ctx.grad is not None and learner.ctx.grad.abs().sum() > 0
+    assert [n for n, p in learner.named_parameters()] == ["ctx"] and learner.ctx.numel() == 4 * tiny.text_width
+    assert type(learner).text_only  # a baked classifier reproduces it
+
+
+def test_kgcoop_template_null_is_the_datasets_template():
+    from clipcore.config import load_config
+    from clipdistill.app import register_config_sections
+    from kdpl.methods import learner_settings
+
+    register_config_sections()
+    cfg = load_config([], ["method=kgcoop", "data.name=dtd"])
+    assert learner_settings(cfg)["template"] == "{} texture."
+    cfg = load_config([], ["method=kgcoop", "data.name=dtd", "prompt.template=a photo of a {}, a type of texture."])
+    assert learner_settings(cfg)["template"] == "a photo of a {}, a type of texture."

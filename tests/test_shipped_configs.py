@@ -24,6 +24,8 @@ REFERENCE = {
     "maple": (4, 0.0035, 5, {"n_ctx": 2, "depth": 9}),
     "promptsrc": (4, 0.0025, 20, {"n_ctx": 4, "depth": 9, "vision_ctx": 4, "gpa_mean": 15.0, "gpa_std": 1.0}),
     "promptsrc_xd": (4, 0.0025, 20, {"n_ctx": 4, "depth": 3, "vision_ctx": 4, "gpa_mean": 6.0, "gpa_std": 10.0}),
+    # KgCoOp's vit_b16_ep100_ctxv1.yaml and base2new_train.sh (W = 8.0, the paper's lambda).
+    "kgcoop": (128, 0.002, 100, {"n_ctx": None, "ctx_init": "a photo of a", "weight": 8.0, "template": None}),
 }
 
 
