@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import hashlib
 import json
 import logging
@@ -348,7 +349,7 @@ class ClipBackbone(FrozenEncoder):
 
     def encode_text_embeddings(self, embeddings: torch.Tensor, eot_index: torch.Tensor, *,
                                hook: Optional[Hook] = None, truncate: bool = True,
-                               normalize: bool = False) -> torch.Tensor:
+                               normalize: bool = False, deltas: Optional["AttentionDeltas"] = None) -> torch.Tensor:
         """Text features from token embeddings `[N, L, W]` pooled at `eot_index` `[N]`.
 
         `hook(i, x)` runs before text block i and returns the (possibly edited) `x`. With a causal
@@ -365,7 +366,7 @@ class ClipBackbone(FrozenEncoder):
         for i, block in enumerate(m.transformer.resblocks):
             if hook is not None:
                 x = hook(i, x)
-            x = self._run_block(m.transformer, block, x, self._text_mask(x.shape[1]))
+            x = self._run_block(m.transformer, block, x, self._text_mask(x.shape[1]), deltas, i)
         x = m.ln_final(x)
         x = x[torch.arange(x.shape[0], device=x.device), eot_index]
         x = self._project(x, m.text_projection)
@@ -381,7 +382,8 @@ class ClipBackbone(FrozenEncoder):
 
     # ----- vision -----
     def encode_image_blocks(self, images: torch.Tensor, *, hook: Optional[Hook] = None,
-                            grad_from_block: Optional[int] = None, normalize: bool = False) -> torch.Tensor:
+                            grad_from_block: Optional[int] = None, normalize: bool = False,
+                            deltas: Optional["AttentionDeltas"] = None) -> torch.Tensor:
         """Image features computed block by block; equals `encode_image` without a hook.
 
         `hook(i, x[B, L, W])` runs before vision block i and may append or replace tokens (CLS is
@@ -401,7 +403,7 @@ class ClipBackbone(FrozenEncoder):
             with torch.no_grad() if i < start else nullcontext():
                 if hook is not None:
                     x = hook(i, x)
-                x = self._run_block(visual.transformer, block, x, None)
+                x = self._run_block(visual.transformer, block, x, None, deltas, i)
         # LayerNorm is per token, so ln_post on CLS alone equals ln_post over all tokens then CLS
         # (covers both final_ln_after_pool settings).
         x = self._project(visual.ln_post(x[:, 0]), visual.proj)
@@ -409,11 +411,13 @@ class ClipBackbone(FrozenEncoder):
 
     # ----- helpers -----
     @staticmethod
-    def _run_block(transformer: nn.Module, block: nn.Module, x: torch.Tensor,
-                   mask: Optional[torch.Tensor]) -> torch.Tensor:
+    def _run_block(transformer: nn.Module, block: nn.Module, x: torch.Tensor, mask: Optional[torch.Tensor],
+                   deltas: Optional["AttentionDeltas"] = None, index: int = -1) -> torch.Tensor:
+        run = block if deltas is None or not deltas.applies_to(index) else functools.partial(
+            _block_with_deltas, block, deltas=deltas, index=index)
         if transformer.grad_checkpointing and torch.is_grad_enabled():
-            return checkpoint(block, x, None, None, mask, use_reentrant=False)
-        return block(x, attn_mask=mask)
+            return checkpoint(run, x, None, None, mask, use_reentrant=False)
+        return run(x, attn_mask=mask)
 
     @staticmethod
     def _project(x: torch.Tensor, projection) -> torch.Tensor:
@@ -429,6 +433,30 @@ class ClipBackbone(FrozenEncoder):
         (VPT, PromptSRC input prompts) must pass through it to match prompts added before it."""
         return self._require_vit().ln_pre(tokens)
 
+    def attention_blocks(self, tower: str) -> nn.ModuleList:
+        """The residual attention blocks of ``tower`` (``text`` or ``vision``)."""
+        if tower == "text":
+            return self.text_blocks
+        if tower == "vision":
+            return self.vision_blocks
+        raise ValueError(f"tower must be 'text' or 'vision', got {tower!r}")
+
+    @torch.no_grad()
+    def merged_copy(self, changes: dict[tuple[str, int, str], torch.Tensor]) -> nn.Module:
+        """A copy of the open_clip model with weight changes ``{(tower, block, q|k|v|o): [E, E]}``
+        added to the attention projections (a plain open_clip model: no deltas needed)."""
+        model = copy.deepcopy(self.model)
+        merged = ClipBackbone(model, self.tokenizer, name=self.name, pretrained=self.pretrained,
+                              model_cfg=self.model_cfg)
+        for (tower, index, which), change in changes.items():
+            attn = merged.attention_blocks(tower)[index].attn
+            if which == "o":
+                attn.out_proj.weight += change.to(attn.out_proj.weight)
+            else:
+                part, width = "qkv".index(which), attn.embed_dim
+                attn.in_proj_weight[part * width:(part + 1) * width] += change.to(attn.in_proj_weight)
+        return model
+
     def unfreeze_last_vision_blocks(self, n: int) -> "ClipBackbone":
         """Turn gradients on for the last `n` vision blocks only (not ln_post/proj, as SimGCD does)."""
         blocks = self.vision_blocks
@@ -438,3 +466,44 @@ class ClipBackbone(FrozenEncoder):
             for p in block.parameters():
                 p.requires_grad_(True)
         return self
+
+
+class AttentionDeltas:
+    """Additive low-rank changes to a tower's attention projections (CLIP-LoRA), given to
+    `encode_text_embeddings` / `encode_image_blocks` as ``deltas``.
+
+    ``applies_to(i)`` says whether block i is changed; ``delta(i, which, x)`` returns the change
+    of projection ``which`` (``q``, ``k``, ``v``: from the block's normalised input; ``o``: from
+    the attention output before ``out_proj``) for input ``x`` ``[B, L, E]``, or None.
+    """
+
+    def applies_to(self, index: int) -> bool:
+        raise NotImplementedError
+
+    def delta(self, index: int, which: str, x: torch.Tensor) -> Optional[torch.Tensor]:
+        raise NotImplementedError
+
+
+def _block_with_deltas(block: nn.Module, x: torch.Tensor, k_x=None, v_x=None, attn_mask=None, *,
+                       deltas: AttentionDeltas, index: int) -> torch.Tensor:
+    """open_clip's `ResidualAttentionBlock.forward` with the attention written out, so that the
+    q/k/v/out projections take additive deltas (equal to the block when every delta is None)."""
+    attn = block.attn
+    h = block.ln_1(x)
+    width, heads = attn.embed_dim, attn.num_heads
+    projected = []
+    for part, which in enumerate("qkv"):
+        weight = attn.in_proj_weight[part * width:(part + 1) * width]
+        bias = attn.in_proj_bias[part * width:(part + 1) * width] if attn.in_proj_bias is not None else None
+        y = F.linear(h, weight, bias)
+        change = deltas.delta(index, which, h)
+        projected.append(y if change is None else y + change)
+    batch, length = h.shape[0], h.shape[1]
+    q, k, v = (t.view(batch, length, heads, width // heads).transpose(1, 2) for t in projected)
+    mask = attn_mask.to(q.dtype) if attn_mask is not None else None
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    out = out.transpose(1, 2).reshape(batch, length, width)
+    projected_out = attn.out_proj(out)
+    change = deltas.delta(index, "o", out)
+    x = x + block.ls_1(projected_out if change is None else projected_out + change)
+    return x + block.ls_2(block.mlp(block.ln_2(x)))

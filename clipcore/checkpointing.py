@@ -121,6 +121,9 @@ class RunCheckpoint(Checkpoint):
         if self._stop_requested(trainer):
             self._preempt(trainer, save=False)
 
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        finish_saved_epoch(trainer, checkpoint)
+
     def _due(self, trainer) -> bool:
         due = bool(self.every_n_steps) and trainer.global_step % self.every_n_steps == 0
         if self.every_n_minutes:
@@ -179,3 +182,30 @@ class RNGStateCallback(Callback):
         torch.set_rng_state(state["torch"])
         if "cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def finish_saved_epoch(trainer, checkpoint: dict) -> None:
+    """Resume iteration-based training (``trainer.max_steps`` set) after an epoch-end checkpoint.
+
+    The epoch-end checkpoint is written in ``on_train_epoch_end``, before Lightning counts the
+    epoch completed. Epoch-based resumes complete it on restart; iteration-based ones (Lightning
+    2.6, ``FitLoop.on_run_start``) do not, so the restored epoch loop finds its batches done,
+    runs an empty epoch and counts it: a run resumed with a raised ``max_steps`` stopped at
+    ``max_epochs`` without training. Marking the saved epoch completed, and the epoch loop's
+    current batch count zero, makes the resume start the next epoch, as for epoch-based runs.
+    Mid-epoch checkpoints are left as they are.
+    """
+    if trainer.max_steps == -1:
+        return
+    fit = checkpoint.get("loops", {}).get("fit_loop")
+    if not fit or "epoch_progress" not in fit:
+        return
+    current = fit["epoch_progress"]["current"]
+    if not (current["processed"] == current["started"] and current["completed"] == current["processed"] - 1):
+        return  # not saved at an epoch end
+    for part in ("total", "current"):
+        fit["epoch_progress"][part]["completed"] = fit["epoch_progress"][part]["processed"]
+    batches = fit.get("epoch_loop.batch_progress")
+    if batches is not None:
+        batches["current"] = {key: 0 for key in batches["current"]}
+        batches["is_last_batch"] = False

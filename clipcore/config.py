@@ -23,7 +23,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -124,14 +124,22 @@ class ClassificationData(DataConfig):
 @dataclass
 class OptimConfig:
     """SGD with momentum and a per-epoch schedule (the optimiser of both references): constant
-    warm-up epochs at ``warmup_lr``, then cosine from ``lr`` to ``eta_min_ratio * lr``."""
+    warm-up epochs at ``warmup_lr``, then cosine from ``lr`` to ``eta_min_ratio * lr``. CLIP-LoRA's
+    AdamW with a per-step cosine is ``name: adamw`` + ``interval: step``."""
 
+    # sgd | adamw
+    name: str = "sgd"
     lr: float = 0.002
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    # Warm-up length, in epochs or (interval: step) in steps.
     warmup_epochs: int = 1
     warmup_lr: float = 1e-5
     eta_min_ratio: float = 0.0
+    # epoch | step: the cosine runs over trainer.max_epochs epochs or trainer.max_steps steps.
+    interval: str = "epoch"
+    # AdamW's betas.
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
     # Learning rates of named parameter groups that differ from lr (GCD: {backbone: 0.005}).
     group_lr: Dict[str, float] = field(default_factory=dict)
 

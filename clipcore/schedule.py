@@ -1,9 +1,11 @@
-"""Per-epoch learning-rate schedules shared by the methods.
+"""Optimisers and learning-rate schedules shared by the methods.
 
-Both references step their schedulers once per epoch: Dassl's constant warm-up then cosine
-(kdpl spec 0) and SpectralGCD's cosine with a floor (spectralgcd spec 5). Expressed as a
-``LambdaLR`` of the epoch, a resumed run recomputes the rate from the restored epoch, so the
-first resumed epoch gets the right rate (the SpectralGCD reference resets it to the base rate).
+Both main references step their schedulers once per epoch: Dassl's constant warm-up then cosine
+(kdpl spec 0) and SpectralGCD's cosine with a floor (spectralgcd spec 5). CLIP-LoRA steps a
+cosine once per iteration over a fixed iteration budget, with AdamW (``optim.name: adamw``,
+``optim.interval: step``). Expressed as a ``LambdaLR`` of the epoch (or step), a resumed run
+recomputes the rate from the restored position, so the first resumed epoch gets the right rate
+(the SpectralGCD reference resets it to the base rate).
 """
 from __future__ import annotations
 
@@ -36,15 +38,28 @@ def cosine_epoch_scheduler(optimizer: torch.optim.Optimizer, total_epochs: int, 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
 
 
-def sgd_with_schedule(groups: dict[str, list], optim, max_epochs: int):
-    """SGD over named parameter groups plus the per-epoch schedule, from the ``optim`` section.
+OPTIMIZERS = ("sgd", "adamw")
+INTERVALS = ("epoch", "step")
 
-    Every group trains at ``optim.lr`` unless ``optim.group_lr`` gives it its own rate (GCD:
-    ``{backbone: 0.005}``); naming a group the method does not have is an error. Empty groups
-    (e.g. no trained backbone block) are left out. Returns Lightning's optimiser dict.
+
+def optimizer_with_schedule(groups: dict[str, list], optim, max_epochs: int, max_steps: int = -1):
+    """The optimiser over named parameter groups plus its schedule, from the ``optim`` section.
+
+    SGD with momentum (the default) or AdamW (``optim.betas``); the cosine runs over the epochs
+    (``optim.interval: epoch``, ``trainer.max_epochs``) or over the steps (``step``,
+    ``trainer.max_steps``), warm-up counted in the same unit. Every group trains at ``optim.lr``
+    unless ``optim.group_lr`` gives it its own rate (GCD: ``{backbone: 0.005}``); naming a group
+    the method does not have is an error. Empty groups (e.g. no trained backbone block) are left
+    out. Returns Lightning's optimiser dict.
     """
     from clipcore.config import ConfigError
 
+    if optim.name not in OPTIMIZERS:
+        raise ConfigError(f"optim.name={optim.name!r}: expected one of {', '.join(OPTIMIZERS)}")
+    if optim.interval not in INTERVALS:
+        raise ConfigError(f"optim.interval={optim.interval!r}: expected one of {', '.join(INTERVALS)}")
+    if optim.interval == "step" and max_steps <= 0:
+        raise ConfigError("optim.interval=step schedules over trainer.max_steps: set it (e.g. trainer.max_steps=8000)")
     unknown = sorted(set(optim.group_lr) - set(groups))
     if unknown:
         raise ConfigError(f"optim.group_lr names parameter groups {unknown} that this method does not have "
@@ -56,8 +71,12 @@ def sgd_with_schedule(groups: dict[str, list], optim, max_epochs: int):
     else:
         param_groups = [{"name": name, "params": params, "lr": optim.group_lr.get(name, optim.lr)}
                         for name, params in named]
-    optimizer = torch.optim.SGD(param_groups, lr=optim.lr, momentum=optim.momentum,
-                                weight_decay=optim.weight_decay)
-    scheduler = cosine_epoch_scheduler(optimizer, max_epochs, optim.warmup_epochs, optim.warmup_lr,
-                                       optim.eta_min_ratio)
-    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+    if optim.name == "sgd":
+        optimizer = torch.optim.SGD(param_groups, lr=optim.lr, momentum=optim.momentum,
+                                    weight_decay=optim.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(param_groups, lr=optim.lr, betas=tuple(optim.betas),
+                                      weight_decay=optim.weight_decay)
+    total = max_epochs if optim.interval == "epoch" else max_steps
+    scheduler = cosine_epoch_scheduler(optimizer, total, optim.warmup_epochs, optim.warmup_lr, optim.eta_min_ratio)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": optim.interval}}

@@ -21,7 +21,7 @@ from torchmetrics.utilities.data import dim_zero_cat
 from clipcore.errors import NonFiniteLossError, list_difference
 from clipcore.export import ExportError
 from clipcore.module import ClipMethodModule
-from clipcore.schedule import sgd_with_schedule
+from clipcore.schedule import optimizer_with_schedule
 from clipcore.teacher import cached_text_features
 from gcd.heads import ConceptProjection, DINOHead
 from gcd.losses import GCDLoss
@@ -163,7 +163,7 @@ class GCDModule(ClipMethodModule):
         groups = {"backbone": list(self.student.parameters()), "head": list(self.head.parameters())}
         if self.ln_t is not None:
             groups["ln_t"] = list(self.ln_t.parameters())
-        return sgd_with_schedule(groups, self.optim, self.max_epochs)
+        return optimizer_with_schedule(groups, self.optim, self.max_epochs, self.trainer.max_steps)
 
     # -- evaluation -----------------------------------------------------------------------------
     def _eval_step(self, batch, metrics: nn.ModuleList, dataloader_idx: int) -> None:

@@ -17,7 +17,7 @@ import torch
 from clipcore.errors import NonFiniteLossError
 from clipcore.evaluation import ClassificationScores, PredictionRecorder, classification_eval_step
 from clipcore.module import ClipMethodModule
-from clipcore.schedule import sgd_with_schedule
+from clipcore.schedule import optimizer_with_schedule
 from clipcore.teacher import cached_text_features
 from kdpl.distill import teacher_logits
 from kdpl.objectives.base import Objective, TrainingStep
@@ -141,7 +141,8 @@ class PromptLearningModule(ClipMethodModule):
             log.info("loaded the Gaussian prompt aggregate over %d epochs", self.aggregator.epochs)
 
     def configure_optimizers(self):
-        return sgd_with_schedule({"prompt": list(self.learner.parameters())}, self.optim, self.max_epochs)
+        return optimizer_with_schedule({"prompt": list(self.learner.parameters())}, self.optim, self.max_epochs,
+                                       self.trainer.max_steps)
 
     # -- evaluation -----------------------------------------------------------------------------
     def validation_step(self, batch, batch_idx):

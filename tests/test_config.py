@@ -102,15 +102,15 @@ def test_one_optim_section_for_every_method():
 def test_group_lr_may_only_name_the_methods_parameter_groups():
     import torch
 
-    from clipcore.schedule import sgd_with_schedule
+    from clipcore.schedule import optimizer_with_schedule
 
     cfg = load_config([], ["method=spectralgcd", "optim.group_lr.head=0.3"])
     params = {name: [torch.nn.Parameter(torch.zeros(2))] for name in ("backbone", "head", "ln_t")}
-    groups = sgd_with_schedule(params, cfg.optim, 10)["optimizer"].param_groups
+    groups = optimizer_with_schedule(params, cfg.optim, 10)["optimizer"].param_groups
     assert [(g["name"], g["lr"]) for g in groups] == [("backbone", 0.005), ("head", 0.3), ("ln_t", 0.1)]
     bad = load_config([], ["method=spectralgcd", "optim.group_lr.prompt=0.3"])
     with pytest.raises(ConfigError, match=r"optim.group_lr names parameter groups \['prompt'\]"):
-        sgd_with_schedule(params, bad.optim, 10)
+        optimizer_with_schedule(params, bad.optim, 10)
 
 
 def test_override_values_yaml_cannot_read_are_taken_as_text():

@@ -77,6 +77,23 @@ def test_resume_equals_uninterrupted_run(tmp_path, data):
     assert ma == mb
 
 
+@pytest.mark.parametrize("interval", ["epoch", "step"])
+def test_a_step_budget_raised_on_resume_trains_on(tmp_path, data, interval):
+    """Iteration-based runs (trainer.max_steps, CLIP-LoRA's budget): stopped at 4 steps, resumed
+    with 8, they end as the uninterrupted 8-step run. Lightning alone replayed the finished
+    epoch with no batches and stopped (clipcore.checkpointing.finish_saved_epoch)."""
+    settings = dict(data__root=str(data), trainer__max_epochs=10, optim__interval=interval)
+    full = run_train(tmp_path / "a", trainer__max_steps=8, **settings)
+    part = run_train(tmp_path / "b", trainer__max_steps=4, **settings)
+    resumed = run_train(tmp_path / "b", trainer__max_steps=8, resume=str(part / "checkpoints" / "last.ckpt"),
+                        resume_allow="[trainer.max_steps]", **settings)
+    ckpt = torch.load(resumed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 8 and epochs_done(ckpt) == 2
+    if interval == "epoch":  # with a per-step cosine the schedules of the 4- and 8-step runs differ
+        torch.testing.assert_close(learned(full / "checkpoints" / "last.ckpt")["learner.ctx"],
+                                   ckpt["state_dict"]["learner.ctx"], rtol=0, atol=1e-6)
+
+
 def test_resumed_epoch_runs_at_the_scheduled_rate(tmp_path, data):
     """Resuming with a longer schedule recomputes the rate of the restored epoch."""
     import csv

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -24,8 +25,19 @@ def run(*args, cwd: Path, env: dict | None = None) -> subprocess.CompletedProces
 
 
 def test_the_wheel_trains_and_evaluates_outside_the_checkout(tmp_path):
+    # Built from a copy of the project's files, so setuptools' build/ folder lands there.
+    source = tmp_path / "source"
+    listed = run("git", "ls-files", "--cached", "--others", "--exclude-standard", cwd=REPO).stdout.splitlines()
+    for name in listed:
+        if (REPO / name).is_symlink():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(os.readlink(REPO / name), source / name)
+        elif (REPO / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, source / name)
     dist = tmp_path / "dist"
-    run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", dist, REPO, cwd=tmp_path)
+    run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", dist, source,
+        cwd=tmp_path)
     wheel = next(dist.glob("clipdistill-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     assert "clipdistill/configs/trainer/cpu.yaml" in names and "clipdistill/cli.py" in names

@@ -193,13 +193,15 @@ class PromptLearner(nn.Module):
         return vectors, " ".join(["X"] * n_ctx), n_ctx
 
     # ----- encoders -----
-    def _encode_text_chunks(self, embeddings: Tensor, eot: Tensor, hook: Optional[Hook] = None) -> Tensor:
-        """Unnormalised text features of many prompts, `text_chunk_size` prompts per call."""
+    def _encode_text_chunks(self, embeddings: Tensor, eot: Tensor, hook: Optional[Hook] = None,
+                            deltas=None) -> Tensor:
+        """Unnormalised text features of many prompts, `text_chunk_size` prompts per call
+        (`deltas`: changes to the attention projections, see `clipcore.backbone.AttentionDeltas`)."""
         size, truncate = max(1, self.cfg.text_chunk_size), self.truncate_text
         if embeddings.shape[0] <= size:
-            return self.backbone.encode_text_embeddings(embeddings, eot, hook=hook, truncate=truncate)
+            return self.backbone.encode_text_embeddings(embeddings, eot, hook=hook, truncate=truncate, deltas=deltas)
         return torch.cat([
-            self.backbone.encode_text_embeddings(e, i, hook=hook, truncate=truncate)
+            self.backbone.encode_text_embeddings(e, i, hook=hook, truncate=truncate, deltas=deltas)
             for e, i in zip(embeddings.split(size), eot.split(size))
         ])
 
