@@ -9,16 +9,18 @@ Concurrent callers serialise on a file lock; the bundle appears by atomic rename
 never sees half of one.
 
 Measured (torch 2.14, one thread, 2-core AMD EPYC VM; zero-shot top-1 on the world's neutral test
-split, template "a photo of a {}.", chance 2.1%; each bundle's metrics.json records its own numbers):
+split, template "a photo of a {}.", chance 2.1%; each bundle's metrics.json records its own numbers,
+and pretraining on another machine or session gives close but not identical ones: the student
+got 36.7% in an earlier session, 33.9% on 2026-12-02):
 
-    synthetic-teacher        75.6%   136 s CPU
-    synthetic-student        36.7%   125 s CPU   (pretrained under a colour cast, see below)
+    synthetic-teacher        75.5%   102 s CPU
+    synthetic-student        33.9%   104 s CPU   (pretrained under a colour cast, see below)
     synthetic-teacher-test   18.8%    16 s CPU
     synthetic-student-test    7.1%    31 s CPU
 
 The teacher recognises colours and most shapes. The student's image features separate colours
 better than its zero-shot prompts do: a 16-shot linear probe on them gets 94.8% of the colours
-right (top-1 49.1%), its zero-shot prompts 80.7% (top-1 36.7%), because it was pretrained on
+right (top-1 49.1%), its zero-shot prompts 80.7% (top-1 36.7%; measured on the earlier build), because it was pretrained on
 cast images and is tested on neutral ones. The test student's gap is wider (probe 96.5% of the
 colours, zero-shot 41.8%). Prompt learning and distillation have that gap to close.
 """
