@@ -104,10 +104,10 @@ def meta_mode(backbones):
     def wrap(backbone):
         encode = backbone.encode_text_embeddings
 
-        def encode_text_embeddings(embeddings, eot_index, *, hook=None, truncate=True, normalize=False):
+        def encode_text_embeddings(embeddings, eot_index, *, hook=None, truncate=True, normalize=False, deltas=None):
             if truncate:
                 embeddings = embeddings[:, : int(eot_index.max()) + 1]
-            return encode(embeddings, eot_index, hook=hook, truncate=False, normalize=normalize)
+            return encode(embeddings, eot_index, hook=hook, truncate=False, normalize=normalize, deltas=deltas)
         return encode_text_embeddings
 
     no_autocast = lambda like: contextlib.nullcontext()  # noqa: E731

@@ -112,8 +112,8 @@ def test_one_tower_and_some_blocks(tiny, images):
         lora(tiny, params="qx")
 
 
-def test_parameter_count_at_vit_b16_matches_the_paper():
-    """ViT-B/16, both towers, 12 blocks, q/k/v, r = 2: 184,320 (the paper's 184K)."""
+def test_parameter_count_at_vit_b16_follows_the_reference_rule():
+    """ViT-B/16: 12 blocks x 3 projections x (A r x E + B E x r), E = 512 (text) and 768 (vision), r = 2."""
     config = open_clip.get_model_config("ViT-B-16")
     backbone = load_backbone("ViT-B-16", config=config, device="meta")  # shapes only, no weights
     learner = build_prompt_learner("clip_lora", backbone, ["a"], {})

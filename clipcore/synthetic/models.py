@@ -20,7 +20,8 @@ got 36.7% in an earlier session, 33.9% on 2026-12-02):
 
 The teacher recognises colours and most shapes. The student's image features separate colours
 better than its zero-shot prompts do: a 16-shot linear probe on them gets 94.8% of the colours
-right (top-1 49.1%), its zero-shot prompts 80.7% (top-1 36.7%; measured on the earlier build), because it was pretrained on
+right (top-1 49.1%), its zero-shot prompts 80.7% (top-1 36.7%; measured on the earlier build),
+because it was pretrained on
 cast images and is tested on neutral ones. The test student's gap is wider (probe 96.5% of the
 colours, zero-shot 41.8%). Prompt learning and distillation have that gap to close.
 """
