@@ -75,7 +75,8 @@ def _plugins() -> list:
     return plugins
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path, loggers: list, stop: StopRequest) -> L.Trainer:
+def build_trainer(cfg: DictConfig, run_dir: Path, loggers: list, stop: StopRequest,
+                  inference_mode: bool = True) -> L.Trainer:
     ck = cfg.checkpoint
     callbacks = [RunCheckpoint(run_dir, stop, ck.every_n_steps, ck.every_n_minutes), RNGStateCallback()]
     if ck.monitor:  # best-k, independent of last.ckpt
@@ -85,7 +86,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, loggers: list, stop: StopReque
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
     return L.Trainer(default_root_dir=str(run_dir), logger=loggers or False, callbacks=callbacks,
-                     **trainer_kwargs(cfg))
+                     inference_mode=inference_mode, **trainer_kwargs(cfg))
 
 
 def file_log_handler(path: Path) -> logging.Handler:
@@ -161,7 +162,8 @@ def train(cfg: DictConfig, plan: Optional[RunPlan] = None) -> Path:
 def _fit_test_export(cfg, module, datamodule, run_dir: Path, ckpt: Optional[Path], attempt: int,
                      stop: StopRequest, trainer_box: list) -> None:
     loggers = build_loggers(cfg, run_dir, to_plain(cfg), attempt)
-    trainer = build_trainer(cfg, run_dir, loggers, stop)
+    # A test-time method that takes gradient steps (TPT) needs autograd in the final test.
+    trainer = build_trainer(cfg, run_dir, loggers, stop, not getattr(module, "needs_grad_at_test", False))
     trainer_box.append(trainer)
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None)
     if stop.requested:  # after the last checkpoint, before the (possibly long) evaluation
@@ -266,8 +268,9 @@ def module_from_export(directory: Path, files: list[str] = (), overrides: list[s
 
 def evaluate(cfg: DictConfig, module: ClipMethodModule, datamodule, out_dir: Path) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
+    # A test-time method that takes gradient steps (TPT) needs autograd while testing.
     trainer = L.Trainer(default_root_dir=str(out_dir), logger=False, enable_checkpointing=False,
-                        **trainer_kwargs(cfg))
+                        inference_mode=not getattr(module, "needs_grad_at_test", False), **trainer_kwargs(cfg))
     metrics = merge_results(trainer.test(module, datamodule=datamodule, verbose=False))
     rows = gather_predictions(module, trainer)
     if trainer.is_global_zero:

@@ -67,6 +67,10 @@ class Profile:
     gcd_head_hidden: int = 256
     gcd_head_bottleneck: int = 64
     gcd_extra: tuple[str, ...] = field(default_factory=tuple)
+    # Rows evaluated with test-time prompt tuning, at this many views per image (the reference:
+    # 64; 16 keeps the CPU demo within minutes: TPT is a tuning step per test image).
+    tpt_rows: bool = True
+    tpt_views: int = 16
     seed: int = 1
 
     def sizes(self):
@@ -81,12 +85,13 @@ PROFILES = {
                      coop_test=10, gcd_train=10, gcd_test=4, coop_shots=8, coop_epochs=20, coop_lr=0.1, coop_batch=32,
                      coop_min_crop_scale=0.6,
                      kdpl_ca_k_max=32, gcd_epochs=2, gcd_batch=64, gcd_feature_dim=32, gcd_head_hidden=64,
-                     gcd_head_bottleneck=32),
+                     gcd_head_bottleneck=32, tpt_rows=False),
 }
 
 B2N_METHODS = (("zeroshot", "Zero-shot student"), ("zeroshot-teacher", "Zero-shot teacher"),
                ("coop", "CoOp (supervised)"), ("coop+kdpl", "CoOp + KDPL"),
-               ("coop+kdpl_ca", "CoOp + KDPL-CA"))
+               ("coop+kdpl_ca", "CoOp + KDPL-CA"), ("coop+upl", "CoOp + UPL"))
+TPT_METHODS = (("coop@tpt", "CoOp (supervised) + TPT"),)
 GCD_METHODS = (("spectralgcd", "SpectralGCD"), ("simgcd", "SimGCD"))
 COLUMNS = ("Base", "Novel", "HM", "All", "Old", "New")
 
@@ -150,12 +155,14 @@ def run_base_to_novel(profile: Profile, data_root: Path, output_dir: Path, dicti
                  f"data.min_crop_scale={profile.coop_min_crop_scale}",
                  "data.eval_batch_size=256", f"trainer.max_epochs={profile.coop_epochs}",
                  f"optim.lr={profile.coop_lr}", "optim.warmup_epochs=0",
-                 f"objective.dictionary={dictionary}", f"objective.k_max={profile.kdpl_ca_k_max}", *extra]
-    log.info("base-to-novel: %s", ", ".join(title for _, title in B2N_METHODS))
-    outcome = run_protocol("b2n", [label for label, _ in B2N_METHODS], ["shapeworld"], [profile.seed],
+                 f"objective.dictionary={dictionary}", f"objective.k_max={profile.kdpl_ca_k_max}",
+                 f"tpt.views={profile.tpt_views}", *extra]
+    methods = (*B2N_METHODS, *(TPT_METHODS if profile.tpt_rows else ()))
+    log.info("base-to-novel: %s", ", ".join(title for _, title in methods))
+    outcome = run_protocol("b2n", [label for label, _ in methods], ["shapeworld"], [profile.seed],
                            overrides=overrides)
     rows = []
-    for label, title in B2N_METHODS:
+    for label, title in methods:
         acc = {r.metric: r.value for r in outcome.results if r.method == label}
         rows.append({"protocol": "base-to-novel", "method": title, "Base": acc["base"], "Novel": acc["novel"],
                      "HM": harmonic_mean(acc["base"], acc["novel"])})

@@ -12,11 +12,27 @@ a new learner or objective is one file, found without any list being edited.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Optional
 
 from clipcore.config import ClassificationData, ConfigError, MethodFamily, register_method_family
 from clipcore.declarations import Declaration, find_declarations
 
 DEFAULT_OBJECTIVE = "supervised"
+
+
+@dataclass
+class TPTConfig:
+    """Test-time prompt tuning at evaluation (``kdpl.tpt``; defaults: azshue/TPT,
+    tpt_classification.py's arguments)."""
+
+    enabled: bool = False
+    views: int = 64            # -b 64: the original image and 63 augmented views
+    selection: float = 0.1     # --selection_p: the most confident 10% of the views
+    steps: int = 1             # --tta_steps
+    lr: float = 5.0e-3         # --lr (AdamW)
+    # AugMix in the augmented views; null: as the reference (not for ImageNet and its variants).
+    augmix: Optional[bool] = None
 
 
 def declared_learners() -> dict[str, Declaration]:
@@ -38,7 +54,7 @@ def _sections(method: str, raw: Mapping) -> dict[str, type]:
     objectives = declared_objectives()
     if name not in objectives:
         raise ConfigError(f"objective.name={name!r}: expected one of {', '.join(sorted(objectives))}")
-    return {"prompt": declared_learners()[method].config, "objective": objectives[name].config}
+    return {"prompt": declared_learners()[method].config, "objective": objectives[name].config, "tpt": TPTConfig}
 
 
 def _upgrade(plain: dict) -> dict:

@@ -10,6 +10,7 @@ mean per-class recall, ``clipcore.evaluation``).
 from __future__ import annotations
 
 import logging
+import time
 from typing import Callable, Optional
 
 import torch
@@ -22,6 +23,7 @@ from clipcore.teacher import cached_text_features
 from kdpl.distill import teacher_logits
 from kdpl.objectives.base import Objective, TrainingStep
 from kdpl.prompts.gpa import PromptAggregator
+from kdpl.tpt import tune_and_predict
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +33,16 @@ class PromptLearningModule(ClipMethodModule):
 
     def __init__(self, config: dict, student, learner, objective: Objective, *, classnames: list[str],
                  optim, max_epochs: int, teacher_loader: Optional[Callable] = None,
-                 teacher_view: Optional[Callable] = None):
+                 teacher_view: Optional[Callable] = None, fit_context: Optional[Callable] = None,
+                 tpt=None):
         """``config``: the resolved run config (stored in checkpoints, not read here);
         ``learner``: built on ``student`` for ``classnames`` (the dataset's classes, evaluated);
         ``optim``: the ``optim`` section; ``teacher_loader()`` builds the frozen teacher, called
         only when fitting and only when the objective uses one; ``teacher_view(teacher)`` returns
-        the module that turns the student's batch into the teacher's input (None: the same batch)."""
+        the module that turns the student's batch into the teacher's input (None: the same batch);
+        ``fit_context(module)`` returns the objective's :class:`FitContext` (``prepare_fit``);
+        ``tpt``: the ``tpt`` section when test-time prompt tuning is on (the test batches then hold
+        the views of each image, ``kdpl.tpt.TPTViews``)."""
         super().__init__(config)
         self.method_name = learner.name
         self.student = student.freeze()
@@ -49,6 +55,11 @@ class PromptLearningModule(ClipMethodModule):
         self._active_classes = "eval"
         self._teacher_loader = teacher_loader
         self._teacher_view = teacher_view
+        self._fit_context = fit_context
+        self.tpt = tpt
+        # TPT takes gradient steps while testing: the Trainer must not run in inference mode.
+        self.needs_grad_at_test = tpt is not None
+        self._tpt_seconds, self._tpt_images, self._tpt_changed = 0.0, 0, 0
         self.teacher = None
         self.teacher_view = None
         self.register_buffer("teacher_text", torch.empty(0), persistent=False)
@@ -71,6 +82,12 @@ class PromptLearningModule(ClipMethodModule):
             self.teacher = self._teacher_loader().freeze()
             if self._teacher_view is not None:
                 self.teacher_view = self._teacher_view(self.teacher)
+
+    def on_fit_start(self) -> None:
+        # After the model is on its device, before the training loader is built (UPL replaces
+        # the training images by its pseudo-labelled ones here, on a resumed fit too).
+        if self._fit_context is not None:
+            self.objective.prepare_fit(self._fit_context(self))
 
     def _use_classes(self, which: str) -> None:
         if self._active_classes != which:
@@ -123,7 +140,8 @@ class PromptLearningModule(ClipMethodModule):
                                      f"step {self.global_step}; last logged parts: {logs}")
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=len(images))
         same_classes = self.train_classnames == self.eval_classnames
-        if same_classes and result.output.logits.shape[-1] == len(self.eval_classnames):
+        scores_eval_classes = result.output.logits.shape[-1] == len(self.eval_classnames)
+        if same_classes and scores_eval_classes and self.objective.batch_labels_are_true:
             # Accuracy on the training batch (a metric only: KDPL's loss never reads the labels).
             # Objectives that train on other classes (KDPL-CA's dictionary) have none to report.
             logs["train/acc"] = (result.output.logits.detach().argmax(-1) == labels).float().mean()
@@ -151,11 +169,39 @@ class PromptLearningModule(ClipMethodModule):
 
     def on_test_epoch_start(self) -> None:
         self.predictions.clear()
+        self._tpt_seconds, self._tpt_images, self._tpt_changed = 0.0, 0, 0
 
     def test_step(self, batch, batch_idx):
-        if batch is not None:
-            logits = self.learner(batch["image"]).logits
-            classification_eval_step(self, self.test_scores, logits, batch, "test", self.predictions)
+        if batch is None:
+            return
+        logits = self._tpt_logits(batch["image"]) if self.tpt is not None else self.learner(batch["image"]).logits
+        classification_eval_step(self, self.test_scores, logits, batch, "test", self.predictions)
+
+    def _tpt_logits(self, views: torch.Tensor) -> torch.Tensor:
+        """``views``: ``[B, V, 3, H, W]``, each image's original view first; tuned per image."""
+        rows = []
+        for image_views in views:
+            started = time.perf_counter()
+            with torch.no_grad():
+                before = self.learner(image_views[:1]).logits.argmax(-1)
+            tuned = tune_and_predict(self.learner, image_views, steps=self.tpt.steps, lr=self.tpt.lr,
+                                     selection=self.tpt.selection)
+            self._tpt_seconds += time.perf_counter() - started
+            self._tpt_images += 1
+            self._tpt_changed += int((tuned.argmax(-1) != before).item())
+            rows.append(tuned)
+        return torch.cat(rows)
+
+    def on_test_epoch_end(self) -> None:
+        if self.tpt is not None and self._tpt_images:
+            # Summed over ranks: the images are split across them.
+            totals = torch.tensor([self._tpt_seconds, self._tpt_images, self._tpt_changed], dtype=torch.float64,
+                                  device=self.device)
+            if self.trainer.world_size > 1:
+                totals = self.all_gather(totals).sum(dim=0)
+            seconds, images, changed = totals.tolist()
+            self.log("test/tpt_seconds_per_image", seconds / images, sync_dist=False)
+            self.log("test/tpt_changed_predictions", changed / images, sync_dist=False)
 
     # -- checkpoints and export ---------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:

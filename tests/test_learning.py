@@ -140,3 +140,33 @@ def test_spectral_filtering_keeps_world_words_and_drops_distractors(quick_demo):
     assert sum(w in world for w in kept) >= 0.8 * len(kept)
     # and the top of the ranking too (a distractor sharing a world word, 'orange juice', may slip in).
     assert sum(w in distractors for w in kept[:10]) <= 2
+
+
+def test_tpt_changes_some_predictions_without_lowering_accuracy(quick_demo, tmp_path):
+    """TPT on the quick demo's CoOp checkpoint, the first 60 novel test images, 16 views."""
+    from clipcore import runner
+
+    _, out = quick_demo
+    ckpt = next((out / "b2n" / "coop" / "shapeworld" / f"seed{PROFILE.seed}").glob("*/checkpoints/last.ckpt"))
+    common = ["data.subsample_classes=new", "trainer.limit_test_batches=60", "data.eval_batch_size=1"]
+    scores = {}
+    for name, extra in (("plain", []), ("tpt", ["tpt.enabled=true", "tpt.views=16"])):
+        cfg, module, datamodule = runner.module_from_checkpoint(ckpt, [], [*common, *extra])
+        scores[name] = runner.evaluate(cfg, module, datamodule, tmp_path / name)
+    assert scores["tpt"]["test/tpt_changed_predictions"] > 0
+    assert scores["tpt"]["test/acc"] >= scores["plain"]["test/acc"] - 1 / 60, scores
+
+
+def test_upl_pseudo_labels_beat_chance_and_its_prompts_beat_zero_shot_on_base(quick_demo):
+    import csv
+
+    result, out = quick_demo
+    run = next((out / "b2n" / "coop+upl" / "shapeworld" / f"seed{PROFILE.seed}").glob("*/pseudo_labels.csv"))
+    rows = list(csv.DictReader(open(run)))
+    accuracy = sum(r["pseudo_label"] == r["true_label"] for r in rows) / len(rows)
+    n_base = len(ShapeWorld().classnames) // 2
+    # The most confident zero-shot predictions are right well above chance (and above the
+    # student's zero-shot accuracy over all base test images: confident = more often right).
+    assert accuracy > 2.5 / n_base, accuracy
+    assert accuracy > row(result, "Zero-shot student")["Base"], accuracy
+    assert row(result, "CoOp + UPL")["Base"] > row(result, "Zero-shot student")["Base"]

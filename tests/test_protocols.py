@@ -121,6 +121,21 @@ def test_method_labels():
     assert (cfg.prompt.depth, cfg.data.subsample_classes, cfg.objective.name) == (9, "base", "supervised")
 
 
+def test_upl_cells_and_tpt_evaluations():
+    cfg = cell_config("b2n", "coop+upl", "oxford_pets", 1)
+    assert (cfg.objective.name, cfg.data.num_shots, cfg.experiment) == ("upl", 16, "b2n/coop+upl/oxford_pets/seed1")
+    spec = parse_prompt_method("coop+kdpl@tpt")
+    assert (spec.method, spec.variant, spec.tpt) == ("coop", "kdpl", True)
+    (run,) = get_protocol("b2n").runs(["coop+kdpl@tpt"], ["dtd"], [1], [], [], "imagenet")
+    assert run.config().experiment == "b2n/coop+kdpl@tpt/dtd/seed1"
+    # Base and novel are both evaluated from the checkpoint, with TPT on; the training is not.
+    assert [(e.name, e.own) for e in run.evaluations] == [("dtd-base-tpt", False), ("dtd-new-tpt", False)]
+    assert all("tpt.enabled=true" in e.overrides for e in run.evaluations)
+    assert run.config().tpt.enabled is False
+    with pytest.raises(ConfigError, match="zero-shot with TPT"):
+        parse_prompt_method("zeroshot@tpt")
+
+
 def tiny_overrides(data: Path, out: Path, **extra) -> list[str]:
     settings = {
         "output_dir": out, "student.name": "tiny", "student.config": TINY, "student.pretrained": "null",

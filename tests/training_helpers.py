@@ -84,7 +84,7 @@ def objective_settings(objective: str, dictionary: Path, cache: Path) -> dict:
     from kdpl.config import declared_objectives
 
     known = {f.name for f in fields(declared_objectives()[objective].config)}
-    wanted = {"k_max": 5, "dictionary": str(dictionary), "text_cache_dir": str(cache)}
+    wanted = {"k_max": 5, "dictionary": str(dictionary), "text_cache_dir": str(cache), "cache_dir": str(cache)}
     return {f"objective__{k}": v for k, v in wanted.items() if k in known}
 
 

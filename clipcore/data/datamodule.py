@@ -59,6 +59,12 @@ class ClassificationDataModule(ResumableDataModule):
         self.train_transform = train_transform or build_transform(
             True, image_size, mean, std, min_crop_scale=min_crop_scale)
         self.eval_transform = eval_transform or build_transform(False, image_size, mean, std)
+        self.image_size = int(image_size)
+        self.mean, self.std = mean, std
+        # A test-time method may replace the test split's transform and batch size (TPT: the
+        # views of one image per batch); its random views are then seeded per image.
+        self.test_transform: Callable | None = None
+        self.test_batch_size: int | None = None
 
     @property
     def classnames(self) -> list[str]:
@@ -95,9 +101,10 @@ class ClassificationDataModule(ResumableDataModule):
         drop_last = len(sampler) >= self.batch_size if self.drop_last is None else self.drop_last
         return self._loader(items, self.train_transform, self.batch_size, sampler, drop_last, "train")
 
-    def _eval_loader(self, items: list[Datum], split: str) -> DataLoader:
-        sampler = EpochSeededSampler(len(items), seed=self.seed, shuffle=False, pad=False)
-        return self._loader(items, self.eval_transform, self.eval_batch_size, sampler, False, split)
+    def _eval_loader(self, items: list[Datum], split: str, transform=None, batch_size: int | None = None) -> DataLoader:
+        sampler = EpochSeededSampler(len(items), seed=self.seed, shuffle=False, pad=False, keyed=transform is not None)
+        return self._loader(items, transform or self.eval_transform, batch_size or self.eval_batch_size, sampler,
+                            False, split)
 
     def val_dataloader(self) -> DataLoader:
         if self.splits.val:
@@ -105,4 +112,4 @@ class ClassificationDataModule(ResumableDataModule):
         return self._eval_loader(self.splits.test, "test")
 
     def test_dataloader(self) -> DataLoader:
-        return self._eval_loader(self.splits.test, "test")
+        return self._eval_loader(self.splits.test, "test", self.test_transform, self.test_batch_size)

@@ -12,8 +12,9 @@ from .records import DatasetSplits
 from .registry import DatasetInfo, get_dataset
 
 
-def read_splits(data_cfg, seed: int, info: DatasetInfo | None = None) -> DatasetSplits:
-    """Read, few-shot sample (Dassl order: train k shots, val min(k, 4)), then keep base/new classes."""
+def read_splits(data_cfg, seed: int, info: DatasetInfo | None = None, sample_train: bool = True) -> DatasetSplits:
+    """Read, few-shot sample (Dassl order: train k shots, val min(k, 4)), then keep base/new classes.
+    ``sample_train=False`` keeps every training image (a method that picks its own shots: UPL)."""
     if data_cfg.subsample_classes not in SUBSETS:
         raise ConfigError(f"data.subsample_classes={data_cfg.subsample_classes!r}: expected one of {SUBSETS}")
     info = info or get_dataset(data_cfg.name)
@@ -21,22 +22,23 @@ def read_splits(data_cfg, seed: int, info: DatasetInfo | None = None) -> Dataset
     if data_cfg.num_shots:
         splits = dataclasses.replace(
             splits,
-            train=sample_few_shot(splits.train, data_cfg.num_shots, seed),
+            train=sample_few_shot(splits.train, data_cfg.num_shots, seed) if sample_train else splits.train,
             val=sample_few_shot(splits.val, min(data_cfg.num_shots, 4), seed),
         )
     return subsample_classes(splits, data_cfg.subsample_classes)
 
 
-def classification_datamodule(cfg, image_size: int, stats: tuple | None = None) -> ClassificationDataModule:
+def classification_datamodule(cfg, image_size: int, stats: tuple | None = None,
+                              sample_train: bool = True) -> ClassificationDataModule:
     """``image_size``: the model's, unless ``data.image_size`` is set. ``stats``: the model's own
     ``(mean, std)`` (``<model>.preprocess: model``): they replace ``data.normalization``, and
-    ``image_size`` is used whatever ``data.image_size`` says."""
+    ``image_size`` is used whatever ``data.image_size`` says. ``sample_train``: see read_splits."""
     data = cfg.data
     mean, std = stats if stats is not None else (data.normalization, None)
     size = image_size if stats is not None else (data.image_size or image_size)
     # Read now: a missing folder or split file fails before a run folder exists.
     return ClassificationDataModule(
-        read_splits(data, cfg.seed),
+        read_splits(data, cfg.seed, sample_train=sample_train),
         batch_size=data.batch_size,
         eval_batch_size=data.eval_batch_size,
         num_workers=data.num_workers,

@@ -28,6 +28,9 @@ class MethodSpec:
     label: str
     method: str
     variant: str = ""
+    # Evaluated with test-time prompt tuning (``<method>@tpt``): every evaluation re-runs with
+    # ``tpt.enabled=true`` on the cell's checkpoint.
+    tpt: bool = False
 
     @property
     def trains(self) -> bool:

@@ -6,7 +6,9 @@
 - ``dg``: the same ImageNet runs evaluated on ImageNet-V2/-Sketch/-A/-R.
 
 A method is ``<learner>[+<objective>]`` (``coop``, ``coop+kdpl``, ``maple+kdpl_ca`` ...), or
-``zeroshot`` / ``zeroshot-teacher`` (no training; evaluated once, with the first seed). Each cell
+``zeroshot`` / ``zeroshot-teacher`` (no training; evaluated once, with the first seed). A
+``@tpt`` suffix (``coop+kdpl@tpt``) evaluates the cell with test-time prompt tuning
+(``tpt.enabled=true``, ``kdpl.tpt``); the cell is its own experiment (trained again). Each cell
 is ``configs/method/<learner>.yaml`` (``<learner>_xd.yaml`` for xd/dg when it exists) +
 ``configs/objective/<objective>.yaml`` + ``configs/data/<dataset>.yaml`` + the user's files and
 overrides, run as experiment ``<protocol>/<method>/<dataset>/seed<k>`` (xd and dg share their
@@ -14,6 +16,7 @@ ImageNet runs, experiment ``xd-dg/...``).
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Sequence
 
 from clipcore.config import ConfigError
@@ -23,6 +26,7 @@ from clipdistill.protocols.results import AVERAGE, Cell, SeedResult, fmt, harmon
 
 COOP_DATASETS = ("imagenet", "caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "food101",
                  "fgvc_aircraft", "sun397", "dtd", "eurosat", "ucf101")
+TPT_SUFFIX = "@tpt"
 XD_TARGETS = tuple(d for d in COOP_DATASETS if d != "imagenet")
 DG_TARGETS = ("imagenet_v2", "imagenet_sketch", "imagenet_a", "imagenet_r")
 
@@ -32,6 +36,12 @@ def parse_prompt_method(label: str) -> MethodSpec:
     from kdpl.config import declared_learners, declared_objectives
 
     label = label.strip()
+    if label.endswith(TPT_SUFFIX):
+        plain = parse_prompt_method(label[:-len(TPT_SUFFIX)])
+        if not plain.trains:
+            raise ConfigError(f"method {label!r}: TPT tunes a prompt learner; zero-shot with TPT is the untrained "
+                              f"CoOp prompt: clipdistill eval -c method/coop.yaml ... tpt.enabled=true")
+        return MethodSpec(label, plain.method, plain.variant, tpt=True)
     if label in ZEROSHOT:
         return MethodSpec(label, "zeroshot", ZEROSHOT[label])
     learner, _, objective = label.partition("+")
@@ -88,13 +98,21 @@ class PromptProtocol(Protocol):
                 for dataset, targets in self.cell_datasets(datasets, source):
                     cell_files, cell_overrides = self.cell_sources(spec, dataset, seed, files, overrides,
                                                                    data_roots)
-                    runs.append(Run(self.name, spec, dataset, seed, cell_files, cell_overrides,
-                                    self.evaluations(dataset, targets)))
+                    evaluations = self.evaluations(dataset, targets)
+                    if spec.tpt:
+                        evaluations = tuple(with_tpt(e) for e in evaluations)
+                    runs.append(Run(self.name, spec, dataset, seed, cell_files, cell_overrides, evaluations))
         return runs
 
     def cell_datasets(self, datasets, source) -> list[tuple[str, Sequence[str]]]:
         """``(trained dataset, evaluation targets)`` of each cell."""
         return [(source, list(datasets))]
+
+
+def with_tpt(evaluation: Evaluation) -> Evaluation:
+    """The same evaluation with test-time prompt tuning, computed from the checkpoint."""
+    return replace(evaluation, name=f"{evaluation.name}-tpt", overrides=(*evaluation.overrides, "tpt.enabled=true"),
+                   own=False)
 
 
 def _acc(dataset: str, subset: str = "all") -> Evaluation:

@@ -8,6 +8,7 @@ LightningModule is the same for every objective; it only hands over a :class:`Tr
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, ClassVar, Optional
 
 from torch import Tensor
@@ -32,6 +33,26 @@ class TrainingStep:
 
 
 @dataclass
+class FitContext:
+    """What an objective may use once, before training starts (:meth:`Objective.prepare_fit`).
+
+    ``load_encoder(spec)`` builds a frozen model from ``"student"``, ``"teacher"`` (the run's
+    sections) or a model section mapping; ``input_view(encoder, preprocess)`` returns the module
+    that turns a batch of the data's input into that model's (None: the same batch).
+    """
+
+    student: Any
+    datamodule: Any               # its splits may be replaced: the loaders are built afterwards
+    device: Any
+    run_dir: Optional[Path]
+    is_main_process: bool
+    num_shots: Optional[int]      # data.num_shots
+    load_encoder: Callable[[Any], Any]
+    input_view: Callable[[Any, str], Optional[Callable]]
+    log_metrics: Callable[[dict], None] = lambda metrics: None
+
+
+@dataclass
 class ObjectiveResult:
     output: Any                   # the learner's PromptOutput (its regularisation reads it)
     loss: Tensor
@@ -44,6 +65,12 @@ class Objective:
     name: ClassVar[str] = ""
     config_class: ClassVar[type] = object
     uses_teacher: ClassVar[bool] = False
+    # False: the objective picks its own training images from the whole train split
+    # (UPL), so data.num_shots does not sample it beforehand.
+    samples_training_shots: ClassVar[bool] = True
+    # False: the batch labels are not the true labels (UPL's pseudo-labels), so the module's
+    # train/acc would not be an accuracy and is not logged.
+    batch_labels_are_true: ClassVar[bool] = True
 
     def __init__(self, settings: Any, classnames: list[str], dataset_template: str):
         """``settings``: the ``objective`` config section; ``classnames``: the dataset's classes;
@@ -61,6 +88,9 @@ class Objective:
     def teacher_prompts(self) -> Optional[list[str]]:
         """Prompts of the teacher's classes (None: no teacher)."""
         return None
+
+    def prepare_fit(self, context: FitContext) -> None:
+        """Called once per fit (and per resumed fit), before the training loader is built."""
 
     @property
     def teacher_logit_scale(self) -> str:
