@@ -73,9 +73,12 @@ def config_for(cell: str, inputs, out: Path):
         files = [CONFIG_DIR / "method" / f"{cell}.yaml"]
         return load_config(files, gcd_overrides(out, inputs["gcd"], inputs["concepts"], method=cell, **common))
     learner, objective = cell.split("+")
+    # UPL picks its own shots per predicted class: every image with its pseudo-label keeps the
+    # epoch at least as long as 4 shots of every class.
+    shots = "null" if objective == "upl" else 4
     return load_config(prompt_method_files(learner, objective),
                        prompt_overrides(inputs["coop"], out / "runs", inputs["class_dictionary"], out / "cache",
-                                        learner, objective, data__num_shots=4, **common))
+                                        learner, objective, data__num_shots=shots, **common))
 
 
 def learned(run_dir: Path) -> dict:
