@@ -13,8 +13,9 @@ from clipcore.registry import register_method
 from kdpl import datasets as _datasets  # noqa: F401  (registers the CoOp datasets)
 from kdpl.config import declared_learners
 from kdpl.module import PromptLearningModule
-from kdpl.objectives.base import FitContext
+from kdpl.objectives.base import FitContext, Objective
 from kdpl.objectives.registry import build_objective, objective_class
+from kdpl.prompt_teacher import load_prompt_teacher
 from kdpl.prompts.registry import build_prompt_learner
 from kdpl.tpt import TPTViews, uses_augmix
 
@@ -51,10 +52,10 @@ def build_prompt_method(cfg):
         return FitContext(student=module.student, datamodule=trainer.datamodule, device=module.device,
                           run_dir=Path(trainer.default_root_dir), is_main_process=trainer.is_global_zero,
                           num_shots=cfg.data.num_shots, load_encoder=lambda spec: _encoder(cfg, spec),
-                          input_view=input_view,
+                          input_view=input_view, load_prompt_teacher=load_prompt_teacher,
                           log_metrics=lambda m: [lg.log_metrics(m, step=trainer.global_step) for lg in trainer.loggers])
 
-    tpt = test_time_tuning(cfg, datamodule)
+    tpt = test_time_tuning(cfg, datamodule, objective)
     module = PromptLearningModule(to_plain(cfg), student, learner, objective, classnames=classnames,
                                   optim=cfg.optim, max_epochs=cfg.trainer.max_epochs,
                                   teacher_loader=lambda: encoder_from_config(cfg.teacher),
@@ -63,11 +64,14 @@ def build_prompt_method(cfg):
     return module, datamodule
 
 
-def test_time_tuning(cfg, datamodule):
+def test_time_tuning(cfg, datamodule, objective):
     """The ``tpt`` section when TPT is on (the test loader then yields each image's views), else None."""
     tpt = cfg.tpt
     if not tpt.enabled:
         return None
+    if type(objective).eval_logits is not Objective.eval_logits:
+        raise ConfigError(f"tpt.enabled=true: objective {objective.name!r} scores images with its own head, "
+                          "not the learner's prompts, so there is no prompt for TPT to tune")
     if tpt.views < 2:
         raise ConfigError(f"tpt.views={tpt.views}: expected at least 2 (the original image and augmented views)")
     if not 0 < tpt.selection <= 1 or int(tpt.views * tpt.selection) < 1:

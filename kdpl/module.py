@@ -66,7 +66,7 @@ class PromptLearningModule(ClipMethodModule):
         self.val_scores = ClassificationScores(len(classnames))
         self.test_scores = ClassificationScores(len(classnames))
         self.predictions = PredictionRecorder()
-        gpa = learner.prompt_aggregation()
+        gpa = learner.prompt_aggregation() if objective.keeps_learner_regularization else None
         self.aggregator = PromptAggregator(self.max_epochs, *gpa) if gpa is not None else None
 
     # -- set-up -------------------------------------------------------------------------------
@@ -77,11 +77,31 @@ class PromptLearningModule(ClipMethodModule):
         return roles
 
     def setup(self, stage: str) -> None:
+        if stage == "fit" and self._fit_context is not None:
+            # Before the optimiser is built: an objective's own learned tensors exist by then.
+            self.objective.setup_fit(self._fit_context(self))
+            self._attach_objective_head()
         # The teacher exists only while fitting: evaluation never pays for loading it.
         if stage == "fit" and self.objective.uses_teacher and self.teacher is None:
             self.teacher = self._teacher_loader().freeze()
             if self._teacher_view is not None:
                 self.teacher_view = self._teacher_view(self.teacher)
+
+    def _attach_objective_head(self) -> None:
+        """Register the objective's learned tensors as ``objective_head`` (trained, checkpointed, exported)."""
+        head = self.objective.head
+        if head is not None and getattr(self, "objective_head", None) is not head:
+            self.objective_head = head
+
+    def extra_state_keys(self) -> set[str]:
+        # The head's buffers (BatchNorm statistics, stored teacher features) are part of the model.
+        return {f"objective_head.{k}" for k, _ in self.objective_head.named_buffers()} if self._has_head() else set()
+
+    def _has_head(self) -> bool:
+        return getattr(self, "objective_head", None) is not None
+
+    def _active_classnames(self) -> list[str]:
+        return self.train_classnames if self._active_classes == "train" else self.eval_classnames
 
     def on_fit_start(self) -> None:
         # After the model is on its device, before the training loader is built (UPL replaces
@@ -132,7 +152,8 @@ class PromptLearningModule(ClipMethodModule):
         step = TrainingStep(self.learner, images, labels,
                             self.teacher_logits if self.teacher is not None else None, self.mean_over_ranks)
         result = self.objective.training_loss(step)
-        reg, parts = self.learner.regularization_loss(result.output)
+        reg, parts = (self.learner.regularization_loss(result.output) if self.objective.keeps_learner_regularization
+                      else (0.0, {}))
         loss = result.loss + reg
         logs = {**result.logs, **{f"train/{k}": v.detach() for k, v in parts.items()}}
         if not torch.isfinite(loss):
@@ -159,13 +180,16 @@ class PromptLearningModule(ClipMethodModule):
             log.info("loaded the Gaussian prompt aggregate over %d epochs", self.aggregator.epochs)
 
     def configure_optimizers(self):
-        return optimizer_with_schedule({"prompt": list(self.learner.parameters())}, self.optim, self.max_epochs,
-                                       self.trainer.max_steps)
+        params = list(self.learner.parameters())
+        if self._has_head():
+            params += list(self.objective_head.parameters())
+        return optimizer_with_schedule({"prompt": params}, self.optim, self.max_epochs, self.trainer.max_steps)
 
     # -- evaluation -----------------------------------------------------------------------------
     def validation_step(self, batch, batch_idx):
         if batch is not None:  # None: every image of the batch was corrupt and skipped
-            classification_eval_step(self, self.val_scores, self.learner(batch["image"]).logits, batch, "val")
+            logits = self.objective.eval_logits(self.learner, batch["image"], self._active_classnames())
+            classification_eval_step(self, self.val_scores, logits, batch, "val")
 
     def on_test_epoch_start(self) -> None:
         self.predictions.clear()
@@ -174,7 +198,9 @@ class PromptLearningModule(ClipMethodModule):
     def test_step(self, batch, batch_idx):
         if batch is None:
             return
-        logits = self._tpt_logits(batch["image"]) if self.tpt is not None else self.learner(batch["image"]).logits
+        images = batch["image"]
+        logits = (self._tpt_logits(images) if self.tpt is not None
+                  else self.objective.eval_logits(self.learner, images, self._active_classnames()))
         classification_eval_step(self, self.test_scores, logits, batch, "test", self.predictions)
 
     def _tpt_logits(self, views: torch.Tensor) -> torch.Tensor:
@@ -206,6 +232,7 @@ class PromptLearningModule(ClipMethodModule):
     # -- checkpoints and export ---------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)
+        checkpoint["objective_state"] = self.objective.extra_state()
         if self.aggregator is not None:
             checkpoint["gpa"] = self.aggregator.state_dict()
             if self.aggregator.complete:
@@ -215,17 +242,29 @@ class PromptLearningModule(ClipMethodModule):
                 checkpoint["state_dict"].update({f"learner.{k}": v for k, v in aggregate.items()})
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if any(k.startswith("objective_head.") for k in checkpoint.get("state_dict", {})):
+            self.objective.restore_head(checkpoint["state_dict"], checkpoint.get("objective_state", {}))
+            self._attach_objective_head()
         super().on_load_checkpoint(checkpoint)
         if self.aggregator is not None and "gpa" in checkpoint:
             self.aggregator.load_state_dict(checkpoint["gpa"])
 
     def export_state(self):
         tensors = {f"learner.{k}": v for k, v in self.learner.learned_state().items()}
+        if self._has_head():
+            head = self.objective_head.state_dict()
+            tensors.update({f"objective_head.{k}": v.detach().clone() for k, v in head.items()})
         metadata = {"learner": self.method_name, "prompt": self.config["prompt"],
-                    "student": self.config["student"], "train_classnames": self.train_classnames}
+                    "student": self.config["student"], "train_classnames": self.train_classnames,
+                    "objective_state": self.objective.extra_state()}
         return tensors, metadata
 
     def load_export(self, tensors: dict, metadata: dict) -> None:
         prefix = "learner."
         self.learner.load_learned_state({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+        head = "objective_head."
+        if any(k.startswith(head) for k in tensors):
+            self.objective.restore_head(tensors, metadata.get("objective_state", {}))
+            self._attach_objective_head()
+            self.objective_head.load_state_dict({k[len(head):]: v for k, v in tensors.items() if k.startswith(head)})
 

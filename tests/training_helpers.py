@@ -1,7 +1,9 @@
 """Small runs of the real entry points on the tiny model and a generated CoOp-layout dataset."""
 from __future__ import annotations
 
+import functools
 import json
+import tempfile
 from pathlib import Path
 
 from coop_layouts import write_coop_dataset
@@ -85,7 +87,25 @@ def objective_settings(objective: str, dictionary: Path, cache: Path) -> dict:
 
     known = {f.name for f in fields(declared_objectives()[objective].config)}
     wanted = {"k_max": 5, "dictionary": str(dictionary), "text_cache_dir": str(cache), "cache_dir": str(cache)}
+    if "teacher_export" in known:
+        wanted["teacher_export"] = str(tiny_teacher_export())
     return {f"objective__{k}": v for k, v in wanted.items() if k in known}
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_teacher_export() -> Path:
+    """A CoOp export trained (one epoch) on the tiny teacher model: PromptKD's teacher in the tests.
+    Built once per test process, in a temporary folder."""
+    from clipcore import runner
+    from clipcore.config import load_config
+
+    root = Path(tempfile.mkdtemp(prefix="promptkd-teacher-"))
+    data = tiny_dataset(root / "data", classes=CLASSES)
+    settings = overrides(data, root / "runs", method="coop", student__name="tiny-teacher",
+                         student__config=str(TINY_TEACHER), trainer__max_epochs=1, data__subsample_classes="base",
+                         export="true", experiment="teacher")
+    run = runner.train(load_config(prompt_method_files("coop", "supervised"), settings))
+    return run / "exports" / "final"
 
 
 def prompt_overrides(data_root: Path, out: Path, dictionary: Path, cache: Path, learner: str = "coop",

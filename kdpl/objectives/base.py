@@ -50,6 +50,8 @@ class FitContext:
     load_encoder: Callable[[Any], Any]
     input_view: Callable[[Any, str], Optional[Callable]]
     log_metrics: Callable[[dict], None] = lambda metrics: None
+    # (export folder, class names) -> a frozen prompt learner trained by this framework
+    load_prompt_teacher: Callable[[Any, list], Any] = None
 
 
 @dataclass
@@ -71,6 +73,12 @@ class Objective:
     # False: the batch labels are not the true labels (UPL's pseudo-labels), so the module's
     # train/acc would not be an accuracy and is not logged.
     batch_labels_are_true: ClassVar[bool] = True
+    # False: the learner's own regularisation (PromptSRC's L_SCL) and prompt aggregation are
+    # not used (PromptKD's student is trained by the distillation loss alone).
+    keeps_learner_regularization: ClassVar[bool] = True
+    # Learned tensors of the objective itself (PromptKD's projector), registered by the module
+    # as ``objective_head`` once built (``setup_fit`` or ``restore_head``).
+    head: Optional[Any] = None
 
     def __init__(self, settings: Any, classnames: list[str], dataset_template: str):
         """``settings``: the ``objective`` config section; ``classnames``: the dataset's classes;
@@ -89,8 +97,23 @@ class Objective:
         """Prompts of the teacher's classes (None: no teacher)."""
         return None
 
+    def setup_fit(self, context: FitContext) -> None:
+        """Called once per fit before the optimiser is built, with the module still on the CPU."""
+
     def prepare_fit(self, context: FitContext) -> None:
-        """Called once per fit (and per resumed fit), before the training loader is built."""
+        """Called once per fit (and per resumed fit), on the device, before the training loader is built."""
+
+    def restore_head(self, state: dict, extra: dict) -> None:
+        """Build ``head`` to load a checkpoint's or export's tensors ``state`` into (objectives
+        with a head); ``extra``: what :meth:`extra_state` stored."""
+
+    def extra_state(self) -> dict:
+        """JSON-able state stored in checkpoints and exports beside the tensors."""
+        return {}
+
+    def eval_logits(self, learner, images: Tensor, classnames: list[str]) -> Tensor:
+        """Logits of ``images`` over ``classnames`` (the learner's active class list) at evaluation."""
+        return learner(images).logits
 
     @property
     def teacher_logit_scale(self) -> str:
