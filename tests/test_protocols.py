@@ -136,6 +136,17 @@ def test_upl_cells_and_tpt_evaluations():
         parse_prompt_method("zeroshot@tpt")
 
 
+def test_a_transductive_objective_trains_its_b2n_cell_on_every_class():
+    (run,) = get_protocol("b2n").runs(["promptsrc+promptkd"], ["dtd"], [1], [], ["objective.teacher_export=/t"],
+                                      "imagenet")
+    cfg = run.config()
+    assert (cfg.data.subsample_classes, cfg.objective.name, cfg.objective.kd_weight) == ("all", "promptkd", 1000.0)
+    assert [(e.name, e.own) for e in run.evaluations] == [("dtd-base", False), ("dtd-new", False)]
+    (plain,) = get_protocol("b2n").runs(["promptsrc+promptkd"], ["dtd"], [1], [],
+                                        ["objective.transductive=false"], "imagenet")
+    assert plain.config().data.subsample_classes == "base" and plain.evaluations[0].own
+
+
 def tiny_overrides(data: Path, out: Path, **extra) -> list[str]:
     settings = {
         "output_dir": out, "student.name": "tiny", "student.config": TINY, "student.pretrained": "null",

@@ -101,12 +101,36 @@ class PromptProtocol(Protocol):
                     evaluations = self.evaluations(dataset, targets)
                     if spec.tpt:
                         evaluations = tuple(with_tpt(e) for e in evaluations)
-                    runs.append(Run(self.name, spec, dataset, seed, cell_files, cell_overrides, evaluations))
+                    run = Run(self.name, spec, dataset, seed, cell_files, cell_overrides, evaluations)
+                    runs.append(transductive(run) if spec.trains and self.subset != "all" else run)
         return runs
 
     def cell_datasets(self, datasets, source) -> list[tuple[str, Sequence[str]]]:
         """``(trained dataset, evaluation targets)`` of each cell."""
         return [(source, list(datasets))]
+
+
+def transductive(run: Run) -> Run:
+    """A cell whose objective trains on the unlabelled images of every class
+    (``objective.transductive``: PromptKD) trains on all of them; each class subset is then an
+    evaluation of its checkpoint."""
+    from kdpl.config import declared_objectives
+
+    fields = declared_objectives()[run.spec.variant].config.__dataclass_fields__
+    if "transductive" not in fields:
+        return run
+    # The objective's default, unless an override sets it (the cell's config is not resolved
+    # here: overrides meant for other cells are scoped later).
+    setting = fields["transductive"].default
+    for item in run.overrides:
+        if item.startswith("objective.transductive="):
+            setting = item.split("=", 1)[1].strip().lower() in ("true", "1", "yes")
+    if not setting:
+        return run
+    kept = (o for o in run.overrides if not o.startswith("data.subsample_classes="))
+    overrides = (*kept, "data.subsample_classes=all")
+    return Run(run.protocol, run.spec, run.dataset, run.seed, run.files, overrides,
+               tuple(replace(e, own=False) for e in run.evaluations))
 
 
 def with_tpt(evaluation: Evaluation) -> Evaluation:
