@@ -90,7 +90,8 @@ PROFILES = {
 
 B2N_METHODS = (("zeroshot", "Zero-shot student"), ("zeroshot-teacher", "Zero-shot teacher"),
                ("coop", "CoOp (supervised)"), ("coop+kdpl", "CoOp + KDPL"),
-               ("coop+kdpl_ca", "CoOp + KDPL-CA"), ("coop+upl", "CoOp + UPL"))
+               ("coop+kdpl_ca", "CoOp + KDPL-CA"), ("coop+upl", "CoOp + UPL"),
+               ("coop+promptkd", "CoOp + PromptKD (projector)"))
 TPT_METHODS = (("coop@tpt", "CoOp (supervised) + TPT"),)
 GCD_METHODS = (("spectralgcd", "SpectralGCD"), ("simgcd", "SimGCD"))
 COLUMNS = ("Base", "Novel", "HM", "All", "Old", "New")
@@ -157,6 +158,7 @@ def run_base_to_novel(profile: Profile, data_root: Path, output_dir: Path, dicti
                  f"optim.lr={profile.coop_lr}", "optim.warmup_epochs=0",
                  f"objective.dictionary={dictionary}", f"objective.k_max={profile.kdpl_ca_k_max}",
                  f"tpt.views={profile.tpt_views}", *extra]
+    overrides.append(f"objective.teacher_export={train_prompt_teacher(overrides, profile)}")
     methods = (*B2N_METHODS, *(TPT_METHODS if profile.tpt_rows else ()))
     log.info("base-to-novel: %s", ", ".join(title for _, title in methods))
     outcome = run_protocol("b2n", [label for label, _ in methods], ["shapeworld"], [profile.seed],
@@ -167,6 +169,21 @@ def run_base_to_novel(profile: Profile, data_root: Path, output_dir: Path, dicti
         rows.append({"protocol": "base-to-novel", "method": title, "Base": acc["base"], "Novel": acc["novel"],
                      "HM": harmonic_mean(acc["base"], acc["novel"])})
     return rows
+
+
+def train_prompt_teacher(overrides: list[str], profile: Profile) -> Path:
+    """PromptKD's teacher: CoOp on the teacher model, supervised on the base classes, exported
+    (the reference's is PromptSRC on a ViT-L/14; the demo's two-block models take no deep prompts)."""
+    from clipcore.config import load_config
+    from clipdistill.app import CONFIG_DIR
+    from clipdistill.protocols.runner import ensure_run
+
+    cfg = load_config([CONFIG_DIR / "method" / "coop.yaml", CONFIG_DIR / "objective" / "supervised.yaml"],
+                      [o for o in overrides if not o.startswith(("objective.", "tpt."))] + [
+                          f"student.name={profile.teacher}", "data.name=shapeworld", "data.subsample_classes=base",
+                          f"seed={profile.seed}", "experiment=b2n/promptkd-teacher", "export=true"])
+    run = ensure_run(cfg)
+    return run / "exports" / "final"
 
 
 # -- spectral filtering and GCD -------------------------------------------------------------------

@@ -170,3 +170,15 @@ def test_upl_pseudo_labels_beat_chance_and_its_prompts_beat_zero_shot_on_base(qu
     assert accuracy > 2.5 / n_base, accuracy
     assert accuracy > row(result, "Zero-shot student")["Base"], accuracy
     assert row(result, "CoOp + UPL")["Base"] > row(result, "Zero-shot student")["Base"]
+
+
+def test_promptkd_closes_most_of_the_students_gap_to_its_teacher_on_base(quick_demo):
+    import json
+
+    result, out = quick_demo
+    (metrics,) = (out / "b2n" / "promptkd-teacher").glob("*/eval/metrics.json")
+    teacher = json.loads(metrics.read_text())["test/acc"]  # the exported CoOp teacher, base classes
+    student = row(result, "Zero-shot student")["Base"]
+    distilled = row(result, "CoOp + PromptKD (projector)")["Base"]
+    assert teacher > student + 0.03, (teacher, student)
+    assert distilled - student > 0.5 * (teacher - student), (student, distilled, teacher)
