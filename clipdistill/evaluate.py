@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from clipcore.cli import add_config_arguments, prepare_environment, run_guarded
+from clipcore.errors import UserError
 
 
 def parse(argv: list[str], prog: str = "eval.py") -> argparse.Namespace:
@@ -30,6 +31,9 @@ def parse(argv: list[str], prog: str = "eval.py") -> argparse.Namespace:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--ckpt", type=Path, help="a checkpoint written by training")
     source.add_argument("--export", type=Path, help="an export folder (export.json + weights.safetensors)")
+    parser.add_argument("--ensemble", type=Path, action="append", default=[], metavar="CKPT",
+                        help="another checkpoint of a prompt learner on the same student, repeatable: the logits "
+                             "of --ckpt's and of these are averaged (UPL's prompt-representation ensemble)")
     parser.add_argument("--out", type=Path, help="folder for metrics.json / metrics.md / predictions.csv")
     add_config_arguments(parser)
     return parser.parse_args(argv)
@@ -52,6 +56,8 @@ def _run(args) -> int:
     from clipdistill.app import load_run_config, register_config_sections, register_methods
 
     register_config_sections()
+    if args.ensemble and not args.ckpt:
+        raise UserError("--ensemble adds checkpoints to --ckpt's model: give --ckpt too")
     if not args.ckpt and not args.export:
         load_run_config(args.config, args.overrides)  # a typo is reported before the heavy imports
     register_methods()
@@ -63,6 +69,10 @@ def _run(args) -> int:
         cfg, module, datamodule = runner.module_from_checkpoint(args.ckpt, args.config, args.overrides)
         run_dir = run_dir_of_checkpoint(args.ckpt) or args.ckpt.parent
         default_out = run_dir / "eval" / f"{args.ckpt.stem}-{evaluation_name(cfg)}"
+        for other in args.ensemble:
+            module.add_ensemble_member(runner.module_from_checkpoint(other, args.config, args.overrides)[1], other)
+        if args.ensemble:
+            default_out = default_out.with_name(f"{default_out.name}-ensemble{1 + len(args.ensemble)}")
     elif args.export:
         cfg, module, datamodule = runner.module_from_export(args.export, args.config, args.overrides)
         default_out = args.export / "eval" / evaluation_name(cfg)

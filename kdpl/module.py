@@ -15,13 +15,14 @@ from typing import Callable, Optional
 
 import torch
 
-from clipcore.errors import NonFiniteLossError
+from clipcore.errors import NonFiniteLossError, UserError
 from clipcore.evaluation import ClassificationScores, PredictionRecorder, classification_eval_step
 from clipcore.module import ClipMethodModule
 from clipcore.schedule import optimizer_with_schedule
 from clipcore.teacher import cached_text_features
 from kdpl.distill import teacher_logits
 from kdpl.objectives.base import Objective, TrainingStep
+from kdpl.prompts.base import PromptLearner
 from kdpl.prompts.gpa import PromptAggregator
 from kdpl.tpt import tune_and_predict
 
@@ -102,6 +103,36 @@ class PromptLearningModule(ClipMethodModule):
 
     def _active_classnames(self) -> list[str]:
         return self.train_classnames if self._active_classes == "train" else self.eval_classnames
+
+    def add_ensemble_member(self, other: "PromptLearningModule", source) -> None:
+        """Average ``other``'s evaluation logits with this module's (UPL's test-time ensemble of
+        prompts trained with different seeds; the reference averages the raw logits)."""
+        if not isinstance(other, PromptLearningModule):
+            raise UserError(f"{source}: --ensemble takes checkpoints of prompt learners")
+        if other.student.fingerprint() != self.student.fingerprint():
+            raise UserError(f"{source}: trained on another student than the first checkpoint; an ensemble of "
+                            "prompts shares one student")
+        if self.tpt is not None:
+            raise UserError("--ensemble with tpt.enabled=true: TPT tunes one learner's prompts")
+        other.learner.set_classnames(self.eval_classnames)
+        other._active_classes = "eval"
+        if not hasattr(self, "ensemble"):
+            self.ensemble = torch.nn.ModuleList()
+            self._ensemble_objectives = []
+        self.ensemble.append(other.learner)
+        self._ensemble_objectives.append(other.objective)
+        if other._has_head():
+            self.ensemble.append(other.objective_head)  # moved to the device with the module
+
+    def _eval_logits(self, images: torch.Tensor) -> torch.Tensor:
+        classnames = self._active_classnames()
+        logits = self.objective.eval_logits(self.learner, images, classnames)
+        if not hasattr(self, "ensemble"):
+            return logits
+        learners = [m for m in self.ensemble if isinstance(m, PromptLearner)]
+        members = [objective.eval_logits(learner, images, classnames)
+                   for learner, objective in zip(learners, self._ensemble_objectives)]
+        return torch.stack([logits, *members]).mean(dim=0)
 
     def on_fit_start(self) -> None:
         # After the model is on its device, before the training loader is built (UPL replaces
@@ -188,8 +219,7 @@ class PromptLearningModule(ClipMethodModule):
     # -- evaluation -----------------------------------------------------------------------------
     def validation_step(self, batch, batch_idx):
         if batch is not None:  # None: every image of the batch was corrupt and skipped
-            logits = self.objective.eval_logits(self.learner, batch["image"], self._active_classnames())
-            classification_eval_step(self, self.val_scores, logits, batch, "val")
+            classification_eval_step(self, self.val_scores, self._eval_logits(batch["image"]), batch, "val")
 
     def on_test_epoch_start(self) -> None:
         self.predictions.clear()
@@ -199,8 +229,7 @@ class PromptLearningModule(ClipMethodModule):
         if batch is None:
             return
         images = batch["image"]
-        logits = (self._tpt_logits(images) if self.tpt is not None
-                  else self.objective.eval_logits(self.learner, images, self._active_classnames()))
+        logits = self._tpt_logits(images) if self.tpt is not None else self._eval_logits(images)
         classification_eval_step(self, self.test_scores, logits, batch, "test", self.predictions)
 
     def _tpt_logits(self, views: torch.Tensor) -> torch.Tensor:

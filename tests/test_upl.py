@@ -7,6 +7,7 @@ without tied confidences its selection must be ours exactly.
 from __future__ import annotations
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -105,3 +106,35 @@ def test_upl_trains_on_pseudo_labels_it_caches_and_reports(tmp_path):
     again = runner.train(config(experiment="again"))
     assert cached[0].stat().st_mtime_ns == stamp
     assert list(csv.DictReader(open(again / "pseudo_labels.csv"))) == rows
+
+
+def test_the_prompt_ensemble_averages_the_logits_of_several_checkpoints(tmp_path):
+    from clipdistill import evaluate
+
+    data = tiny_dataset(tmp_path / "data")
+    dictionary = write_class_dictionary(tmp_path / "dictionary.csv")
+    ckpts = []
+    for seed in (7, 8):
+        cfg = load_config(prompt_method_files("coop", "upl"),
+                          prompt_overrides(data, tmp_path / "runs", dictionary, tmp_path / "cache", "coop", "upl",
+                                           seed=seed, experiment=f"seed{seed}", prompt__ctx_init="null",
+                                           prompt__n_ctx=4))
+        ckpts.append(runner.train(cfg) / "checkpoints" / "last.ckpt")
+    out = tmp_path / "ensemble"
+    assert evaluate.main(["--ckpt", str(ckpts[0]), "--ensemble", str(ckpts[1]), "--out", str(out)]) == 0
+    logits, labels = [], None
+    for ckpt in ckpts:
+        _, module, datamodule = runner.module_from_checkpoint(ckpt)
+        datamodule.setup("test")
+        batches = list(datamodule.test_dataloader())
+        with torch.no_grad():
+            logits.append(torch.cat([module.eval().learner(b["image"]).logits for b in batches]))
+        labels = torch.cat([b["label"] for b in batches])
+    assert not torch.allclose(logits[0], logits[1])  # two different prompts
+    expected = ((logits[0] + logits[1]) / 2).argmax(-1)
+    rows = list(csv.DictReader(open(out / "predictions.csv")))
+    names = datamodule.classnames
+    assert [r["prediction"] for r in rows] == [names[i] for i in expected.tolist()]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test/acc"] == pytest.approx((expected == labels).float().mean().item())
+    assert evaluate.main(["--ensemble", str(ckpts[1])]) == 2
