@@ -3,9 +3,12 @@
 The module trains a learner (``kdpl.prompts``) with an objective (``kdpl.objectives``): the
 objective says which classes the learner trains on and whether a frozen teacher is needed, and
 computes each step's loss; the learner adds its own regularisation (PromptSRC's L_SCL).
-The module loads the teacher only when fitting, caches the teacher's text features, runs the
-optimiser and the per-epoch schedule, and evaluates the dataset's own classes (top-1, top-5 and
-mean per-class recall, ``clipcore.evaluation``).
+An objective may prepare the fit (UPL's pseudo-labels), own learned tensors (PromptKD's
+projector, ``objective_head``) and score the evaluation itself. The module loads the teacher
+only when fitting, caches the teacher's text features, runs the optimiser and the schedule, and
+evaluates the dataset's own classes (top-1, top-5 and mean per-class recall,
+``clipcore.evaluation``), optionally with test-time prompt tuning (``kdpl.tpt``) or as an
+ensemble of checkpoints (``add_ensemble_member``).
 """
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """Training objectives of the prompt learners: one file per objective (``supervised``, ``kdpl``,
-``kdpl_ca``), found by ``kdpl.objectives.registry`` without any list being edited.
+``kdpl_ca``, ``upl``, ``promptkd``), found by ``kdpl.objectives.registry`` without any list
+being edited.
 
 Names are imported on first use (``kdpl.objectives.config`` stays light).
 """
