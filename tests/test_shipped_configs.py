@@ -33,7 +33,8 @@ def test_config_tree_is_complete():
     names = {str(p.relative_to(CONFIG_DIR)) for p in SHIPPED}
     for group, expected in {
         "method": REFERENCE,
-        "objective": ("supervised", "kdpl", "kdpl_ca"),
+        "objective": ("supervised", "kdpl", "kdpl_ca", "upl", "promptkd"),
+        "eval": ("tpt",),
         "backbone": ("vit_b32", "rn50"),
         "data": COOP_DATASETS + IMAGENET_VARIANTS,
     }.items():
@@ -41,7 +42,7 @@ def test_config_tree_is_complete():
 
 
 # Fragments whose keys belong to some methods only are checked composed with one of them.
-CONTEXT = {"objective": [CONFIG_DIR / "method" / "coop.yaml"]}
+CONTEXT = {"objective": [CONFIG_DIR / "method" / "coop.yaml"], "eval": [CONFIG_DIR / "method" / "coop.yaml"]}
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(CONFIG_DIR)))

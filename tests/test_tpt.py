@@ -100,18 +100,22 @@ def test_views_start_with_the_evaluation_view_and_are_seeded_by_torch():
     assert uses_augmix(False, "dtd") is False
 
 
-def test_eval_with_tpt_tunes_per_image_and_reports_its_cost(tmp_path):
+def test_eval_with_tpt_tunes_per_image_and_reports_its_cost(tmp_path, capsys):
+    from clipdistill import evaluate
+
     data = tiny_dataset(tmp_path / "data")
     dictionary = write_class_dictionary(tmp_path / "dictionary.csv")
     files = prompt_method_files("coop", "supervised")
     run = runner.train(load_config(files, prompt_overrides(data, tmp_path / "runs", dictionary, tmp_path / "cache")))
-    ckpt = run / "checkpoints" / "last.ckpt"
-    plain = json.loads((run / "eval" / "metrics.json").read_text())
-    cfg, module, datamodule = runner.module_from_checkpoint(ckpt, [], ["tpt.enabled=true", "tpt.views=8",
-                                                                       "tpt.selection=0.25", "tpt.lr=0.05"])
-    metrics = runner.evaluate(cfg, module, datamodule, tmp_path / "tpt")
+    ckpt = str(run / "checkpoints" / "last.ckpt")
+    # The command line, with the shipped TPT config (the reference's defaults) and fewer views.
+    out = tmp_path / "tpt"
+    assert evaluate.main(["--ckpt", ckpt, "-c", "eval/tpt.yaml", "tpt.views=8", "tpt.selection=0.25",
+                          "tpt.lr=0.05", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test/tpt_seconds_per_image"] > 0
     assert 0.0 <= metrics["test/tpt_changed_predictions"] <= 1.0
-    assert 0.0 <= metrics["test/acc"] <= 1.0 and plain["test/acc"] >= 0.0
-    with pytest.raises(Exception, match="tpt.selection"):
-        runner.module_from_checkpoint(ckpt, [], ["tpt.enabled=true", "tpt.views=4", "tpt.selection=0.1"])
+    assert 0.0 <= metrics["test/acc"] <= 1.0
+    capsys.readouterr()
+    assert evaluate.main(["--ckpt", ckpt, "tpt.enabled=true", "tpt.views=4", "tpt.selection=0.1"]) == 2
+    assert "tpt.selection=0.1" in capsys.readouterr().err

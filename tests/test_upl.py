@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from training_helpers import prompt_method_files, prompt_overrides, tiny_dataset
 
 from clipcore import runner
 from clipcore.config import load_config
+from clipdistill import train as train_cli
 from clipdistill.app import register_methods
 from kdpl.pseudo_labels import average_probabilities, select_top_k_per_class
 
@@ -88,12 +90,16 @@ def test_upl_trains_on_pseudo_labels_it_caches_and_reports(tmp_path):
     data = tiny_dataset(tmp_path / "data")
     dictionary = write_class_dictionary(tmp_path / "dictionary.csv")
 
-    def config(**extra):
-        return load_config(prompt_method_files("coop", "upl"),
-                           prompt_overrides(data, tmp_path / "runs", dictionary, tmp_path / "cache", "coop", "upl",
-                                            data__num_shots=1, **extra))
+    def train(experiment: str) -> Path:
+        """The command line: ``train.py -c method/coop.yaml -c objective/upl.yaml ...``."""
+        files = [x for f in prompt_method_files("coop", "upl") for x in ("-c", str(f))]
+        settings = prompt_overrides(data, tmp_path / "runs", dictionary, tmp_path / "cache", "coop", "upl",
+                                    data__num_shots=1, experiment=experiment)
+        assert train_cli.main([*files, *settings]) == 0
+        (run,) = (tmp_path / "runs" / experiment).glob("*/pseudo_labels.csv")
+        return run.parent
 
-    run = runner.train(config())
+    run = train("first")
     rows = list(csv.DictReader(open(run / "pseudo_labels.csv")))
     # One most-confident image per predicted class, each a real training image.
     predicted = [r["pseudo_label"] for r in rows]
@@ -103,7 +109,7 @@ def test_upl_trains_on_pseudo_labels_it_caches_and_reports(tmp_path):
     assert len(cached) == 1
     # A second run reuses the cache (its file is untouched) and selects the same images.
     stamp = cached[0].stat().st_mtime_ns
-    again = runner.train(config(experiment="again"))
+    again = train("again")
     assert cached[0].stat().st_mtime_ns == stamp
     assert list(csv.DictReader(open(again / "pseudo_labels.csv"))) == rows
 
