@@ -317,11 +317,14 @@ def _valid_keys(cfg: DictConfig, dotted_parent: str) -> list[str]:
 
 
 def _readers_of(full_key: str, cfg: DictConfig) -> list[str]:
-    """The methods (and selector settings) whose schema has ``full_key``, ``cfg``'s excluded."""
+    """The methods (and selector settings) whose schema has ``full_key``, ``cfg``'s excluded; a
+    method that reads it under every variant is named once."""
     readers = []
     for family in _FAMILIES.values():
         for other in family.methods():
-            for variant in family.variants(other):
+            variants = family.variants(other)
+            reading = []
+            for variant in variants:
                 try:
                     candidate = schema(other, variant)
                 except ConfigError:
@@ -332,7 +335,11 @@ def _readers_of(full_key: str, cfg: DictConfig) -> list[str]:
                 if other == cfg.method and all(OmegaConf.select(cfg, s.split("=")[0]) == s.split("=")[1]
                                                for s in selectors):
                     continue
-                readers.append(f"{other} ({', '.join(selectors)})" if selectors else other)
+                reading.append(selectors)
+            if reading and len(reading) == len(variants) and other != cfg.method:
+                readers.append(other)
+            else:
+                readers += [f"{other} ({', '.join(sel)})" if sel else other for sel in reading]
     return readers
 
 

@@ -17,15 +17,8 @@ from kdpl.objectives.base import FitContext, Objective
 from kdpl.objectives.registry import build_objective, objective_class
 from kdpl.prompt_teacher import load_prompt_teacher
 from kdpl.prompts.registry import build_prompt_learner
+from kdpl.settings import learner_settings
 from kdpl.tpt import TPTViews, uses_augmix
-
-
-def learner_settings(cfg) -> dict:
-    """The ``prompt`` section; a learner's ``template: null`` is the dataset's template."""
-    settings = to_plain(cfg.prompt)
-    if "template" in settings and settings["template"] is None:
-        settings["template"] = dataset_template(cfg)
-    return settings
 
 
 def build_prompt_method(cfg):

@@ -15,14 +15,13 @@ from clipcore.config import from_plain
 from clipcore.export import read_export
 from clipcore.module import check_fingerprints
 from kdpl.prompts.registry import build_prompt_learner
+from kdpl.settings import learner_settings
 
 PREFIX = "learner."
 
 
 def load_prompt_teacher(directory: str | Path, classnames: list[str]):
     """The frozen learner of the export in ``directory``, scoring ``classnames``."""
-    from kdpl.methods import learner_settings
-
     tensors, metadata = read_export(directory)
     if "learner" not in metadata:
         raise ValueError(f"{directory}: export of method {metadata.get('method')!r} holds no prompt learner; "

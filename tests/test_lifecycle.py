@@ -257,5 +257,7 @@ def test_an_unknown_method_and_a_bad_value_end_with_one_message_and_no_run_folde
     known = err.split("Known methods: ", 1)[1].strip().split(", ")
     assert {"coop", "cocoop", "spectralgcd", "zeroshot"} <= set(known) and known == sorted(known)
     assert train.main([*config, *args, "objective.name=kdpll"]) == 2
-    assert "error: objective.name='kdpll': expected one of kdpl, kdpl_ca, supervised" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "error: objective.name='kdpll': expected one of " in err
+    assert {"kdpl", "kdpl_ca", "supervised"} <= set(err.split("expected one of ", 1)[1].strip().split(", "))
     assert not (tmp_path / "runs").exists()
