@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from training_helpers import prompt_method_files, prompt_overrides, tiny_dataset, write_class_dictionary
+from training_helpers import TINY_TEACHER, prompt_method_files, prompt_overrides, tiny_dataset, write_class_dictionary
 
 from clipcore import runner
 from clipcore.config import load_config
@@ -144,3 +144,18 @@ def test_the_prompt_ensemble_averages_the_logits_of_several_checkpoints(tmp_path
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test/acc"] == pytest.approx((expected == labels).float().mean().item())
     assert evaluate.main(["--ensemble", str(ckpts[1])]) == 2
+
+
+def test_several_labellers_are_loaded_and_key_their_own_cache(tmp_path):
+    data = tiny_dataset(tmp_path / "data")
+    dictionary = write_class_dictionary(tmp_path / "dictionary.csv")
+    section = f"{{name: tiny-teacher, config: {TINY_TEACHER}, pretrained: null}}"
+    for i, (labellers, count) in enumerate((("[student]", 1), ("[student,teacher]", 2), (f"[{section}]", 1))):
+        cfg = load_config(prompt_method_files("coop", "upl"),
+                          prompt_overrides(data, tmp_path / "runs", dictionary, tmp_path / "cache", "coop", "upl",
+                                           objective__labellers=labellers, experiment=f"labellers{i}"))
+        assert len(cfg.objective.labellers) == count
+        assert (runner.train(cfg) / "pseudo_labels.csv").is_file()
+    # The student alone, student + teacher, and the teacher as a model section: three labellings
+    # (the section builds the same weights as `teacher`, but alone, so its own cache entry).
+    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 3
