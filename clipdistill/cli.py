@@ -16,6 +16,7 @@ options with examples.
 """
 from __future__ import annotations
 
+import importlib
 import sys
 from typing import Callable, Optional
 
@@ -38,33 +39,15 @@ def _usage() -> str:
     return "\n".join(lines) + "\n"
 
 
+# Each command's module, imported only when the command runs (`clipdistill list` loads no torch).
+ENTRY_MODULES = {"train": "clipdistill.train", "eval": "clipdistill.evaluate", "export": "clipdistill.export",
+                 "protocols": "clipdistill.protocols.__main__", "filter": "gcd.filter", "assign": "gcd.assign",
+                 "demo": "clipdistill.demo", "assets": "clipcore.assets", "list": "clipdistill.listing"}
+
+
 def _runner(command: str) -> Callable[[list[str]], int]:
-    if command == "train":
-        from clipdistill.train import main
-        return lambda argv: main(argv, prog="clipdistill train")
-    if command == "eval":
-        from clipdistill.evaluate import main
-        return lambda argv: main(argv, prog="clipdistill eval")
-    if command == "export":
-        from clipdistill.export import main
-        return lambda argv: main(argv, prog="clipdistill export")
-    if command == "protocols":
-        from clipdistill.protocols.__main__ import main
-        return lambda argv: main(argv, prog="clipdistill protocols")
-    if command == "filter":
-        from gcd.filter import main
-        return lambda argv: main(argv, prog="clipdistill filter")
-    if command == "assign":
-        from gcd.assign import main
-        return lambda argv: main(argv, prog="clipdistill assign")
-    if command == "demo":
-        from clipdistill.demo import main
-        return lambda argv: main(argv, prog="clipdistill demo")
-    if command == "assets":
-        from clipcore.assets import main
-        return lambda argv: main(argv, prog="clipdistill assets")
-    from clipdistill.listing import main
-    return lambda argv: main(argv, prog="clipdistill list")
+    entry = importlib.import_module(ENTRY_MODULES[command]).main
+    return lambda argv: entry(argv, prog=f"clipdistill {command}")
 
 
 def main(argv: Optional[list[str]] = None) -> int:
