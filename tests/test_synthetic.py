@@ -170,6 +170,40 @@ def test_colour_cast_scales_channels_clips_and_keys_the_cache():
     assert neutral.cache_key() != settings.cache_key()
 
 
+def test_confidence_matched_scale_makes_mean_confidence_equal_accuracy():
+    torch.manual_seed(0)
+    labels = torch.arange(200) % 10
+    # Cosines where the true class is favoured just enough that about half the argmaxes are right.
+    cosines = torch.randn(200, 10) * 0.05
+    cosines[torch.arange(200), labels] += 0.04
+    accuracy = float((cosines.argmax(-1) == labels).double().mean())
+    assert 0.2 < accuracy < 0.9
+    scale = pretrain.confidence_matched_scale(cosines, labels)
+    confidence = (scale * cosines.double()).softmax(-1).max(-1).values.mean()
+    assert float(confidence) == pytest.approx(accuracy, abs=1e-6)
+    over = (2 * scale * cosines.double()).softmax(-1).max(-1).values.mean()
+    assert float(over) > accuracy + 0.05  # a larger scale is over-confident
+    # A match outside the bounds returns the bound: every argmax right, confidence never reaches 1.
+    perfect = torch.eye(10).repeat(20, 1)
+    assert pretrain.confidence_matched_scale(perfect * 0.01, labels, high=50.0) == 50.0
+
+
+def test_calibration_sets_the_frozen_logit_scale_and_keys_the_cache():
+    torch.manual_seed(0)
+    settings = models.SYNTHETIC_MODELS["synthetic-student-test"]
+    model = open_clip.CLIP(**settings.model_cfg)
+    world = ShapeWorld(settings.world_seed, settings.image_size)
+    measured = pretrain.calibrate_logit_scale(model, world, n_per_class=2)
+    assert measured["calibration_images"] == 2 * world.num_classes
+    assert measured["learned_logit_scale"] == pytest.approx(1 / 0.07, rel=1e-5)  # open_clip's init
+    assert float(model.logit_scale.detach().exp()) == pytest.approx(measured["calibrated_logit_scale"], rel=1e-5)
+    assert dataclasses.replace(settings, calibration_per_class=10).cache_key() != settings.cache_key()
+    # The calibration images are their own instance range, apart from every split written to disk.
+    calibration = world.instance_seeds("calibration", 10)
+    for split in ("pretrain", "train", "val", "test"):
+        assert not set(calibration) & set(world.instance_seeds(split, 100_000))
+
+
 def test_test_student_features_separate_colours_its_zero_shot_prompts_misname(test_bundles):
     """The room prompt learning fills: a colour probe on the student's image features beats its
     zero-shot prompts' colours by a wide margin (pretrained under a cast, tested on neutral)."""

@@ -35,7 +35,10 @@ TEXTURES = ("solid", "striped", "dotted")
 BACKGROUNDS = ("plain", "noisy")
 POSITIONS = ("on the left", "on the right", "at the top", "at the bottom", "in the middle")
 
-INSTANCE_OFFSETS = {"pretrain": 0, "train": 1_000_000, "val": 2_000_000, "test": 3_000_000}
+# "calibration": held-out images a pretrained model's logit scale may be fitted on (never written
+# to disk, so no method trains or is tested on them).
+INSTANCE_OFFSETS = {"pretrain": 0, "train": 1_000_000, "val": 2_000_000, "test": 3_000_000,
+                    "calibration": 4_000_000}
 
 _SUPERSAMPLE = 4  # draw at 4x and box-downsample: anti-aliased edges without extra libraries
 
