@@ -71,6 +71,8 @@ class Outcome:
     results: list[SeedResult]
     failed: list[tuple[Run, str]]
     commands: list[str] = field(default_factory=list)
+    # The run folder each evaluated cell was scored from, keyed (method label, dataset, seed).
+    run_dirs: dict[tuple[str, str, int], Path] = field(default_factory=dict)
 
 
 # -- overrides that only some cells read --------------------------------------------------------
@@ -291,6 +293,7 @@ def run_protocol(name: str, methods: Optional[Sequence[str]] = None, datasets: O
         failed += [(run, f"job failed (logs in {output_dir / name / 'submitit'})")
                    for run, code in statuses.items() if code != 0]
     results: list[SeedResult] = []
+    run_dirs: dict[tuple[str, str, int], Path] = {}
     failed_runs = {run for run, _ in failed}
     for run in runs:
         if run in failed_runs:
@@ -299,13 +302,14 @@ def run_protocol(name: str, methods: Optional[Sequence[str]] = None, datasets: O
         try:
             run_dir = ensure_run(cfg) if execution.backend == "inline" or not run.spec.trains else _finished(cfg)
             results += evaluate_cell(run, run_dir, cfg)
+            run_dirs[(run.spec.label, run.dataset, run.seed)] = run_dir
         except Exception as exc:
             if execution.backend == "inline":
                 raise
             failed.append((run, str(exc)))
     cells = protocol.aggregate(results, source)
     table_dir = write_tables(protocol, cells, output_dir / name, source) if results else None
-    return Outcome(table_dir, results, failed)
+    return Outcome(table_dir, results, failed, run_dirs=run_dirs)
 
 
 def _finished(cfg: DictConfig) -> Path:
@@ -341,12 +345,13 @@ def collect_results(root: Path, name: str) -> tuple[list[SeedResult], str]:
     return results, source
 
 
-def rebuild_tables(root: Path) -> dict[str, Path]:
-    """Rebuild ``<root>/<protocol>/results.{csv,md}`` for every protocol with finished cells."""
+def rebuild_tables(root: Path, names: Optional[Sequence[str]] = None) -> dict[str, Path]:
+    """Rebuild ``<root>/<protocol>/results.{csv,md}`` for every protocol (or those in ``names``)
+    with finished cells: one table for cells trained by separate calls."""
     from clipdistill.protocols.registry import PROTOCOLS
 
     written = {}
-    for name in PROTOCOLS:
+    for name in names or PROTOCOLS:
         results, source = collect_results(root, name)
         if results:
             protocol = get_protocol(name)
