@@ -12,13 +12,15 @@ What it runs, all on the CPU and offline:
 2. pretrains the two small CLIPs of the world (student, teacher) unless they are cached;
 3. base-to-novel (train on the 24 base classes, test on base and on the 24 novel ones): zero-shot
    student and teacher, CoOp supervised, CoOp+KDPL, CoOp+KDPL-CA (class-agnostic: trained on
-   a dictionary of the world's words plus ~250 distractor words, no class names);
+   a dictionary of the world's words plus ~250 distractor words, no class names), CoOp+UPL,
+   CoOp+PromptKD, KgCoOp and CLIP-LoRA (supervised and +KDPL), and (full profile) CoOp+TPT;
 4. spectral filtering of that dictionary on the GCD train images with the teacher;
 5. SpectralGCD (filtered concepts) and SimGCD: All/Old/New accuracy on the unlabelled train
    images (transductive), Hungarian-matched.
 
 Output: ``<output-dir>/results.md`` (the table, also printed), ``results.json``,
-``results.png`` (bar chart), the protocols' own tables ``b2n/results.md`` and ``gcd/results.md``,
+``results.png`` (accuracy bars, and each trained run's loss and accuracy per epoch, also in
+``results.json``), the protocols' own tables ``b2n/results.md`` and ``gcd/results.md``,
 the filter's ``gcd/concepts/image_folder-<hash>/spectrum.png``, and one run folder per training. Finished
 runs with the same config are reused on a second call. Extra ``key=value`` arguments are applied
 to every run (e.g. ``logger.wandb.mode=offline``; W&B is off unless asked for).
@@ -61,6 +63,9 @@ class Profile:
     coop_min_crop_scale: float = 1.0
     # Dictionary classes distilled per KDPL-CA step (the reference: 1000 of 20,930).
     kdpl_ca_k_max: int = 64
+    # CLIP-LoRA's AdamW learning rate (the reference: 2e-4 over 8000 steps; the demo trains the
+    # same 20 epochs as CoOp, 240 steps, and CoOp's SGD rate of 0.01 is far too large for AdamW).
+    lora_lr: float = 0.002
     gcd_epochs: int = 8
     gcd_batch: int = 64
     gcd_feature_dim: int = 128
@@ -91,7 +96,10 @@ PROFILES = {
 B2N_METHODS = (("zeroshot", "Zero-shot student"), ("zeroshot-teacher", "Zero-shot teacher"),
                ("coop", "CoOp (supervised)"), ("coop+kdpl", "CoOp + KDPL"),
                ("coop+kdpl_ca", "CoOp + KDPL-CA"), ("coop+upl", "CoOp + UPL"),
-               ("coop+promptkd", "CoOp + PromptKD (projector)"))
+               ("coop+promptkd", "CoOp + PromptKD (projector)"),
+               ("kgcoop", "KgCoOp (supervised)"), ("kgcoop+kdpl", "KgCoOp + KDPL"))
+# Low-rank adapters train with their own optimiser (AdamW), so with their own learning rate.
+ADAPTER_METHODS = (("clip_lora", "CLIP-LoRA (supervised)"), ("clip_lora+kdpl", "CLIP-LoRA + KDPL"))
 TPT_METHODS = (("coop@tpt", "CoOp (supervised) + TPT"),)
 GCD_METHODS = (("spectralgcd", "SpectralGCD"), ("simgcd", "SimGCD"))
 COLUMNS = ("Base", "Novel", "HM", "All", "Old", "New")
@@ -134,9 +142,18 @@ def write_dictionary(path: Path) -> Path:
     return atomic_write(path, write)
 
 
+def model_ref(name: str) -> str:
+    """A synthetic model by its bundle, whose folder name carries the pretraining settings' hash:
+    a finished run is reused only for the very weights it was trained on (``synthetic-student``
+    would name every rebuild of the student alike)."""
+    from clipcore.synthetic.models import bundle_path
+
+    return f"local-dir:{bundle_path(name)}"
+
+
 def common_overrides(profile: Profile, output_dir: Path) -> list[str]:
-    return [f"student.name={profile.student}", "student.pretrained=null", "student.config=null",
-            f"teacher.name={profile.teacher}", "teacher.pretrained=null", "teacher.config=null",
+    return [f"student.name={model_ref(profile.student)}", "student.pretrained=null", "student.config=null",
+            f"teacher.name={model_ref(profile.teacher)}", "teacher.pretrained=null", "teacher.config=null",
             f"output_dir={output_dir}", "trainer.accelerator=cpu", "trainer.devices=1",
             "trainer.precision=32-true", "trainer.enable_progress_bar=true", "trainer.log_every_n_steps=5",
             "logger.wandb.mode=disabled", "data.num_workers=0", "export=false"]
@@ -150,6 +167,7 @@ def harmonic_mean(a: float, b: float) -> float:
 def run_base_to_novel(profile: Profile, data_root: Path, output_dir: Path, dictionary: Path,
                       extra: list[str]) -> list[dict]:
     from clipdistill.protocols import run_protocol
+    from clipdistill.protocols.runner import rebuild_tables
 
     overrides = [*common_overrides(profile, output_dir), f"data.root={data_root}",
                  f"data.num_shots={profile.coop_shots}", f"data.batch_size={profile.coop_batch}",
@@ -160,15 +178,30 @@ def run_base_to_novel(profile: Profile, data_root: Path, output_dir: Path, dicti
                  f"tpt.views={profile.tpt_views}", *extra]
     overrides.append(f"objective.teacher_export={train_prompt_teacher(overrides, profile)}")
     methods = (*B2N_METHODS, *(TPT_METHODS if profile.tpt_rows else ()))
-    log.info("base-to-novel: %s", ", ".join(title for _, title in methods))
+    log.info("base-to-novel: %s", ", ".join(title for _, title in (*methods, *ADAPTER_METHODS)))
     outcome = run_protocol("b2n", [label for label, _ in methods], ["shapeworld"], [profile.seed],
                            overrides=overrides)
+    adapters = run_protocol("b2n", [label for label, _ in ADAPTER_METHODS], ["shapeworld"], [profile.seed],
+                            overrides=[*overrides, f"optim.lr={profile.lora_lr}"])
+    rebuild_tables(output_dir, ["b2n"])  # one b2n table for both calls
     rows = []
-    for label, title in methods:
-        acc = {r.metric: r.value for r in outcome.results if r.method == label}
-        rows.append({"protocol": "base-to-novel", "method": title, "Base": acc["base"], "Novel": acc["novel"],
-                     "HM": harmonic_mean(acc["base"], acc["novel"])})
+    for done, group in ((outcome, methods), (adapters, ADAPTER_METHODS)):
+        for label, title in group:
+            acc = {r.metric: r.value for r in done.results if r.method == label}
+            rows.append({"protocol": "base-to-novel", "method": title, "Base": acc["base"],
+                         "Novel": acc["novel"], "HM": harmonic_mean(acc["base"], acc["novel"]),
+                         "curves": curves_of(done, label, "shapeworld", profile.seed)})
     return rows
+
+
+def curves_of(outcome, label: str, dataset: str, seed: int) -> dict | None:
+    """Per-epoch training loss and accuracy of a trained cell (None for zero-shot rows and TPT
+    evaluations, which train nothing of their own)."""
+    from clipdistill.learning_curves import epoch_curves
+
+    run_dir = outcome.run_dirs.get((label, dataset, seed))
+    curves = epoch_curves(run_dir) if run_dir is not None else {}
+    return curves if curves.get("epoch") and "@" not in label else None
 
 
 def train_prompt_teacher(overrides: list[str], profile: Profile) -> Path:
@@ -180,7 +213,7 @@ def train_prompt_teacher(overrides: list[str], profile: Profile) -> Path:
 
     cfg = load_config([CONFIG_DIR / "method" / "coop.yaml", CONFIG_DIR / "objective" / "supervised.yaml"],
                       [o for o in overrides if not o.startswith(("objective.", "tpt."))] + [
-                          f"student.name={profile.teacher}", "data.name=shapeworld", "data.subsample_classes=base",
+                          f"student.name={model_ref(profile.teacher)}", "data.name=shapeworld", "data.subsample_classes=base",
                           f"seed={profile.seed}", "experiment=b2n/promptkd-teacher", "export=true"])
     run = ensure_run(cfg)
     return run / "exports" / "final"
@@ -235,8 +268,13 @@ def run_gcd(profile: Profile, gcd_dir: Path, output_dir: Path, dictionary: Path,
         value = {r.metric: r.value for r in outcome.results if r.method == method}
         rows.append({"protocol": "GCD (transductive)", "method": title,
                      **{part.capitalize(): value[f"transductive/{part}_v2"] for part in ("all", "old", "new")},
-                     "inductive_all": value["inductive/all_v2"]})
-    (concepts_csv,) = (output_dir / "gcd" / "concepts").glob("image_folder-*/image_folder_concepts.csv")
+                     "inductive_all": value["inductive/all_v2"],
+                     "curves": curves_of(outcome, method, "image_folder", profile.seed)})
+    # The concepts SpectralGCD trained on (an output folder may hold filters of earlier teachers).
+    from omegaconf import OmegaConf
+
+    run_dir = outcome.run_dirs[("spectralgcd", "image_folder", profile.seed)]
+    concepts_csv = Path(OmegaConf.load(run_dir / "config.yaml").gcd.concepts_csv)
     return rows, filter_summary(concepts_csv)
 
 
@@ -274,29 +312,57 @@ def results_markdown(profile: Profile, rows: list[dict], filt: dict, n_classes: 
 
 
 def plot_results(rows: list[dict], path: Path) -> Path:
+    """Accuracy bars of every row (top) and the learning curves of every trained run (bottom:
+    training loss and, where labels are the true ones, training accuracy per epoch)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4), gridspec_kw={"width_ratios": [5, 2]})
-    for ax, protocol, metrics in ((axes[0], "base-to-novel", ("Base", "Novel", "HM")),
-                                  (axes[1], "GCD (transductive)", ("All", "Old", "New"))):
-        group = [r for r in rows if r["protocol"] == protocol]
-        width = 0.8 / len(metrics)
-        for i, metric in enumerate(metrics):
-            xs = [j + (i - (len(metrics) - 1) / 2) * width for j in range(len(group))]
-            ax.bar(xs, [100 * r[metric] for r in group], width, label=metric)
-        ax.set_xticks(range(len(group)), [r["method"].replace(" (", "\n(") for r in group], fontsize=8)
-        ax.set_title(protocol)
-        ax.set_ylabel("top-1 accuracy (%)")
-        ax.set_ylim(0, 100)
-        ax.legend(fontsize=8)
+    fig, axes = plt.subplots(2, 3, figsize=(16, 8.5), gridspec_kw={"width_ratios": [5, 3, 3]})
+    bars = fig.add_subplot(2, 1, 1)  # the accuracy bars span the top row
+    for ax in axes[0]:
+        ax.remove()
+    b2n = [r for r in rows if r["protocol"] == "base-to-novel"]
+    gcd = [r for r in rows if r["protocol"] == "GCD (transductive)"]
+    _accuracy_bars(bars, b2n, ("Base", "Novel", "HM"), gcd, ("All", "Old", "New"))
+    for ax, group, metric, title in ((axes[1, 0], b2n, "train/loss", "base-to-novel: training loss"),
+                                     (axes[1, 1], b2n, "train/acc", "base-to-novel: training accuracy"),
+                                     (axes[1, 2], gcd, "train/loss", "GCD: training loss")):
+        for r in group:
+            curves = r.get("curves") or {}
+            if metric in curves:
+                values = [100 * v for v in curves[metric]] if metric == "train/acc" else curves[metric]
+                ax.plot(curves["epoch"], values, marker=".", label=r["method"])
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("%" if metric == "train/acc" else "loss (epoch mean of logged steps)")
+        if metric == "train/loss":
+            ax.set_yscale("log")  # losses differ in scale: PromptKD's KL is weighted by 1000
+        ax.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _accuracy_bars(ax, b2n: list[dict], b2n_metrics: tuple, gcd: list[dict], gcd_metrics: tuple) -> None:
+    """Grouped bars, base-to-novel rows then GCD rows, on one axis (one colour per metric)."""
+    labels, position = [], 0
+    for group, metrics in ((b2n, b2n_metrics), (gcd, gcd_metrics)):
+        width = 0.8 / len(metrics)
+        for i, metric in enumerate(metrics):
+            xs = [position + j + (i - (len(metrics) - 1) / 2) * width for j in range(len(group))]
+            ax.bar(xs, [100 * r[metric] for r in group], width, label=metric)
+        labels += [r["method"].replace(" (", "\n(").replace(" + ", "\n+ ") for r in group]
+        position += len(group) + 0.5
+    ticks = [j for j in range(len(b2n))] + [len(b2n) + 0.5 + j for j in range(len(gcd))]
+    ax.set_xticks(ticks, labels, fontsize=7)
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title("base-to-novel (Base / Novel / HM) and GCD (All / Old / New)", fontsize=10)
+    ax.legend(fontsize=7, ncol=6)
 
 
 def _write(path: Path, text: str) -> None:

@@ -42,7 +42,7 @@ def test_quick_demo_writes_the_table_with_every_row_and_the_plots(quick_demo):
     result, out = quick_demo
     table = (out / "results.md").read_text()
     assert table == result["table"]
-    for _, title in (*demo.B2N_METHODS, *demo.GCD_METHODS):
+    for _, title in (*demo.B2N_METHODS, *demo.ADAPTER_METHODS, *demo.GCD_METHODS):
         assert f"| {title} |" in table
     assert "Spectral filtering" in table
     assert (out / "results.png").stat().st_size > 0
@@ -54,6 +54,19 @@ def test_quick_demo_writes_the_table_with_every_row_and_the_plots(quick_demo):
     for r in result["rows"]:
         for column in demo.COLUMNS:
             assert r.get(column) is None or 0.0 <= r[column] <= 1.0
+    # Learning curves: one point per epoch for every trained row; accuracy where labels are true.
+    for _, title in (*demo.B2N_METHODS, *demo.ADAPTER_METHODS, *demo.GCD_METHODS):
+        curves = row(result, title)["curves"]
+        if title.startswith("Zero-shot"):
+            assert curves is None
+            continue
+        epochs = PROFILE.gcd_epochs if title in dict(demo.GCD_METHODS).values() else PROFILE.coop_epochs
+        assert curves["epoch"] == list(range(epochs)), title
+        assert len(curves["train/loss"]) == epochs
+        if title in ("CoOp (supervised)", "CoOp + KDPL", "KgCoOp (supervised)", "CLIP-LoRA (supervised)"):
+            assert len(curves["train/acc"]) == epochs, title
+        if title in ("CoOp + UPL", "CoOp + KDPL-CA"):  # pseudo-labels; dictionary classes
+            assert "train/acc" not in curves, title
 
 
 def test_a_second_demo_run_reuses_every_run(quick_demo, monkeypatch):
