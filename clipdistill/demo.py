@@ -213,8 +213,9 @@ def train_prompt_teacher(overrides: list[str], profile: Profile) -> Path:
 
     cfg = load_config([CONFIG_DIR / "method" / "coop.yaml", CONFIG_DIR / "objective" / "supervised.yaml"],
                       [o for o in overrides if not o.startswith(("objective.", "tpt."))] + [
-                          f"student.name={model_ref(profile.teacher)}", "data.name=shapeworld", "data.subsample_classes=base",
-                          f"seed={profile.seed}", "experiment=b2n/promptkd-teacher", "export=true"])
+                          f"student.name={model_ref(profile.teacher)}", "data.name=shapeworld",
+                          "data.subsample_classes=base", f"seed={profile.seed}", "experiment=b2n/promptkd-teacher",
+                          "export=true"])
     run = ensure_run(cfg)
     return run / "exports" / "final"
 

@@ -61,9 +61,12 @@ def test_quick_demo_writes_the_table_with_every_row_and_the_plots(quick_demo):
             assert curves is None
             continue
         epochs = PROFILE.gcd_epochs if title in dict(demo.GCD_METHODS).values() else PROFILE.coop_epochs
-        assert curves["epoch"] == list(range(epochs)), title
-        assert len(curves["train/loss"]) == epochs
+        # An epoch with fewer batches than the logging interval (5 steps) may have no logged step:
+        # UPL's pseudo-labelled set is 2 batches here. The 16-shot rows have 6 and miss none.
+        assert curves["epoch"] == sorted(set(curves["epoch"])) and set(curves["epoch"]) <= set(range(epochs))
+        assert curves["epoch"][-1] == epochs - 1 and len(curves["train/loss"]) == len(curves["epoch"]), title
         if title in ("CoOp (supervised)", "CoOp + KDPL", "KgCoOp (supervised)", "CLIP-LoRA (supervised)"):
+            assert curves["epoch"] == list(range(epochs)), title
             assert len(curves["train/acc"]) == epochs, title
         if title in ("CoOp + UPL", "CoOp + KDPL-CA"):  # pseudo-labels; dictionary classes
             assert "train/acc" not in curves, title
