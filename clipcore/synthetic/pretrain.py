@@ -109,20 +109,24 @@ def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor,
 
 
 @torch.no_grad()
+def zero_shot_cosines(model: torch.nn.Module, world: ShapeWorld, n_per_class: int, split: str = "test",
+                      template: str = ZERO_SHOT_TEMPLATE) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image-text cosines (N, C) of ``n_per_class`` images per class of ``split`` against one
+    prompt per class name, and the labels (N,)."""
+    model.eval()
+    text = model.encode_text(open_clip.tokenize([template.format(c) for c in world.classnames],
+                                                context_length=model.context_length), normalize=True)
+    images, labels = world.render_array(split, n_per_class)
+    cosines = torch.cat([model.encode_image(_to_input(torch.from_numpy(images[i:i + 256])), normalize=True)
+                         @ text.t() for i in range(0, len(images), 256)])
+    return cosines, torch.from_numpy(labels)
+
+
 def zero_shot_accuracy(model: torch.nn.Module, world: ShapeWorld, n_per_class: int,
                        split: str = "test", template: str = ZERO_SHOT_TEMPLATE) -> float:
     """Top-1 accuracy of ``model`` on ``split`` with one prompt per class name."""
-    model.eval()
-    context_length = model.context_length
-    text = model.encode_text(open_clip.tokenize([template.format(c) for c in world.classnames],
-                                                context_length=context_length), normalize=True)
-    images, labels = world.render_array(split, n_per_class)
-    correct = 0
-    for i in range(0, len(images), 256):
-        x = _to_input(torch.from_numpy(images[i:i + 256]))
-        pred = (model.encode_image(x, normalize=True) @ text.t()).argmax(-1)
-        correct += int((pred == torch.from_numpy(labels[i:i + 256])).sum())
-    return correct / len(images)
+    cosines, labels = zero_shot_cosines(model, world, n_per_class, split, template)
+    return int((cosines.argmax(-1) == labels).sum()) / len(labels)
 
 
 def confidence_matched_scale(cosines: torch.Tensor, labels: torch.Tensor,
@@ -155,14 +159,9 @@ def confidence_matched_scale(cosines: torch.Tensor, labels: torch.Tensor,
 def calibrate_logit_scale(model: torch.nn.Module, world: ShapeWorld, n_per_class: int) -> dict:
     """Set ``model.logit_scale`` to the confidence-matched scale on ``n_per_class`` calibration
     images per class (zero-shot prompts); returns what was measured."""
-    model.eval()
-    text = model.encode_text(open_clip.tokenize([ZERO_SHOT_TEMPLATE.format(c) for c in world.classnames],
-                                                context_length=model.context_length), normalize=True)
-    images, labels = world.render_array("calibration", n_per_class)
-    cosines = torch.cat([model.encode_image(_to_input(torch.from_numpy(images[i:i + 256])), normalize=True)
-                         @ text.t() for i in range(0, len(images), 256)])
+    cosines, labels = zero_shot_cosines(model, world, n_per_class, "calibration")
     learned = float(model.logit_scale.detach().exp())
-    scale = confidence_matched_scale(cosines, torch.from_numpy(labels))
+    scale = confidence_matched_scale(cosines, labels)
     model.logit_scale.fill_(math.log(scale))
     return {"learned_logit_scale": learned, "calibrated_logit_scale": scale,
             "calibration_images": len(labels)}
