@@ -90,12 +90,13 @@ def class_lists(n_classes: int, dict_size: int, seed: int = 0) -> tuple[list[str
 def meta_mode(backbones):
     """Let learners and backbones run on the meta device (FLOP counting, no compute).
 
-    Two things need concrete values: truncation lengths (`int(eot.max())`) and autocast (no meta
-    backend). Integer class buffers (token ids, EOT positions) are kept on the CPU, the
-    truncation length is taken from the CPU EOT positions before the text tower is called, and
-    the learners' fp32 autocast guard becomes a no-op. Patches are undone on exit.
+    Truncation lengths of the teacher's text (`int(eot.max())` in `encode_text_embeddings`) need
+    concrete values: integer class buffers (token ids, EOT positions) are kept on the CPU and
+    the truncation length is taken from the CPU EOT positions before the text tower is called.
+    (The learners' own steps read nothing from the device, see `test_prompts.py`.) Patches are
+    undone on exit.
     """
-    from kdpl.prompts import base, cocoop, promptsrc
+    from kdpl.prompts import base
 
     def set_buffer(self, name, value):
         keep_cpu = value.device.type == "cpu" and not value.is_floating_point()
@@ -110,11 +111,8 @@ def meta_mode(backbones):
             return encode(embeddings, eot_index, hook=hook, truncate=False, normalize=normalize, deltas=deltas)
         return encode_text_embeddings
 
-    no_autocast = lambda like: contextlib.nullcontext()  # noqa: E731
     with contextlib.ExitStack() as stack:
         stack.enter_context(mock.patch.object(base.PromptLearner, "_set_buffer", set_buffer))
-        for module in (base, cocoop, promptsrc):
-            stack.enter_context(mock.patch.object(module, "fp32", no_autocast))
         for backbone in backbones:
             stack.enter_context(mock.patch.object(backbone, "encode_text_embeddings", wrap(backbone)))
         yield

@@ -61,6 +61,7 @@ from benchmarks._common import class_lists, machine_description, markdown_table,
 from clipcore.backbone import load_backbone  # noqa: E402
 from kdpl.distill import mean_teacher_probs, symmetric_kl, topk_classes  # noqa: E402
 from kdpl.prompts import build_prompt_learner, promptsrc  # noqa: E402
+from kdpl.prompts.base import Prompts  # noqa: E402
 
 PRESETS = {
     "full": dict(student="ViT-B-32-quickgelu", teacher="ViT-H-14-quickgelu", width_div=1, image_size=224,
@@ -178,11 +179,12 @@ def full_assembly(learner, enabled: bool):
     def _assemble(ctx, class_indices):
         truncate, learner.truncate_text = learner.truncate_text, False
         try:
-            prompts, eot = assemble(learner, ctx, None)
+            full = assemble(learner, ctx, None)
         finally:
             learner.truncate_text = truncate
-        idx = class_indices.to(prompts.device)
-        return prompts[..., idx, :, :], eot[class_indices.to(eot.device)]
+        idx = class_indices.to(full.embeddings.device)
+        return Prompts(full.embeddings[..., idx, :, :], full.eot[class_indices.to(full.eot.device)],
+                       learner._prompt_layout(class_indices))
 
     learner._assemble = _assemble
     try:

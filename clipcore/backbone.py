@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from clipcore.attention import AttentionDeltas, block_with_deltas, prefix_block, prefix_keys_values, suffix_block
 from clipcore.encoder import LOCAL_DIR, FrozenEncoder
 from clipcore.errors import UserError
 
@@ -349,7 +350,7 @@ class ClipBackbone(FrozenEncoder):
 
     def encode_text_embeddings(self, embeddings: torch.Tensor, eot_index: torch.Tensor, *,
                                hook: Optional[Hook] = None, truncate: bool = True,
-                               normalize: bool = False, deltas: Optional["AttentionDeltas"] = None) -> torch.Tensor:
+                               normalize: bool = False, deltas: Optional[AttentionDeltas] = None) -> torch.Tensor:
         """Text features from token embeddings `[N, L, W]` pooled at `eot_index` `[N]`.
 
         `hook(i, x)` runs before text block i and returns the (possibly edited) `x`. With a causal
@@ -372,6 +373,61 @@ class ClipBackbone(FrozenEncoder):
         x = self._project(x, m.text_projection)
         return F.normalize(x, dim=-1) if normalize else x
 
+    @property
+    def causal_text(self) -> bool:
+        """Whether the text tower is causal, which is what makes a shared prefix exact."""
+        return self.model.attn_mask is not None
+
+    def encode_text_prefix(self, embeddings: torch.Tensor, *, hook: Optional[Hook] = None) -> "TextPrefix":
+        """Run the first ``p`` token embeddings `[G, p, W]` that prompts share (G groups: one, or
+        one per image for image-conditioned context) through every text block once.
+
+        `hook(i, x)` is applied to the prefix only, so it may edit only its first p tokens (deep
+        text prompts replace tokens 1..n, inside the prefix). Under the causal mask these
+        positions never see later tokens, so this equals their states in any full prompt.
+        """
+        if not self.causal_text:
+            raise ValueError(f"the text tower of '{self.name}' is not causal: a shared prefix is not exact")
+        m = self.model
+        cast_dtype = m.transformer.get_cast_dtype()
+        length = embeddings.shape[1]
+        x = embeddings.to(cast_dtype) + m.positional_embedding[:length].to(cast_dtype)
+        mask = self._text_mask(length)
+        keys, values = [], []
+        last = len(m.transformer.resblocks) - 1
+        for i, block in enumerate(m.transformer.resblocks):
+            if hook is not None:
+                x = hook(i, x)
+            if i == last:  # the prefix is never pooled: its last block is needed as keys/values only
+                k, v = prefix_keys_values(block, x)
+            elif m.transformer.grad_checkpointing and torch.is_grad_enabled():
+                x, k, v = checkpoint(prefix_block, block, x, mask, use_reentrant=False)
+            else:
+                x, k, v = prefix_block(block, x, mask)
+            keys.append(k)
+            values.append(v)
+        return TextPrefix(length, keys, values)
+
+    def encode_text_suffix(self, prefix: "TextPrefix", embeddings: torch.Tensor,
+                           group: Optional[torch.Tensor] = None, *, normalize: bool = False) -> torch.Tensor:
+        """Text features `[N, D]` of prompts made of a prefix encoded by `encode_text_prefix` and
+        their own token embeddings `[N, s, W]` (positions p..p+s-1), each pooled at its last
+        token: every row must end with its EOT, so prompts are grouped by length. ``group`` `[N]`
+        names each row's prefix group (None: group 0 for all rows)."""
+        m = self.model
+        cast_dtype = m.transformer.get_cast_dtype()
+        start, length = prefix.length, prefix.length + embeddings.shape[1]
+        x = embeddings.to(cast_dtype) + m.positional_embedding[start:length].to(cast_dtype)
+        mask = self._text_mask(length)[start:length]
+        for block, keys, values in zip(m.transformer.resblocks, prefix.keys, prefix.values):
+            keys, values = prefix.rows(keys, group, x.shape[0]), prefix.rows(values, group, x.shape[0])
+            if m.transformer.grad_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(suffix_block, block, x, keys, values, mask, use_reentrant=False)
+            else:
+                x = suffix_block(block, x, keys, values, mask)
+        x = self._project(m.ln_final(x[:, -1]), m.text_projection)
+        return F.normalize(x, dim=-1) if normalize else x
+
     def _text_mask(self, length: int) -> Optional[torch.Tensor]:
         mask = self.model.attn_mask
         if mask is None:
@@ -383,7 +439,7 @@ class ClipBackbone(FrozenEncoder):
     # ----- vision -----
     def encode_image_blocks(self, images: torch.Tensor, *, hook: Optional[Hook] = None,
                             grad_from_block: Optional[int] = None, normalize: bool = False,
-                            deltas: Optional["AttentionDeltas"] = None) -> torch.Tensor:
+                            deltas: Optional[AttentionDeltas] = None) -> torch.Tensor:
         """Image features computed block by block; equals `encode_image` without a hook.
 
         `hook(i, x[B, L, W])` runs before vision block i and may append or replace tokens (CLS is
@@ -412,9 +468,9 @@ class ClipBackbone(FrozenEncoder):
     # ----- helpers -----
     @staticmethod
     def _run_block(transformer: nn.Module, block: nn.Module, x: torch.Tensor, mask: Optional[torch.Tensor],
-                   deltas: Optional["AttentionDeltas"] = None, index: int = -1) -> torch.Tensor:
+                   deltas: Optional[AttentionDeltas] = None, index: int = -1) -> torch.Tensor:
         run = block if deltas is None or not deltas.applies_to(index) else functools.partial(
-            _block_with_deltas, block, deltas=deltas, index=index)
+            block_with_deltas, block, deltas=deltas, index=index)
         if transformer.grad_checkpointing and torch.is_grad_enabled():
             return checkpoint(run, x, None, None, mask, use_reentrant=False)
         return run(x, attn_mask=mask)
@@ -468,42 +524,18 @@ class ClipBackbone(FrozenEncoder):
         return self
 
 
-class AttentionDeltas:
-    """Additive low-rank changes to a tower's attention projections (CLIP-LoRA), given to
-    `encode_text_embeddings` / `encode_image_blocks` as ``deltas``.
+@dataclass
+class TextPrefix:
+    """A shared prompt prefix after `ClipBackbone.encode_text_prefix`: its length and its keys
+    and values in every text block (`[G, heads, p, head_width]`)."""
 
-    ``applies_to(i)`` says whether block i is changed; ``delta(i, which, x)`` returns the change
-    of projection ``which`` (``q``, ``k``, ``v``: from the block's normalised input; ``o``: from
-    the attention output before ``out_proj``) for input ``x`` ``[B, L, E]``, or None.
-    """
+    length: int
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
 
-    def applies_to(self, index: int) -> bool:
-        raise NotImplementedError
-
-    def delta(self, index: int, which: str, x: torch.Tensor) -> Optional[torch.Tensor]:
-        raise NotImplementedError
-
-
-def _block_with_deltas(block: nn.Module, x: torch.Tensor, k_x=None, v_x=None, attn_mask=None, *,
-                       deltas: AttentionDeltas, index: int) -> torch.Tensor:
-    """open_clip's `ResidualAttentionBlock.forward` with the attention written out, so that the
-    q/k/v/out projections take additive deltas (equal to the block when every delta is None)."""
-    attn = block.attn
-    h = block.ln_1(x)
-    width, heads = attn.embed_dim, attn.num_heads
-    projected = []
-    for part, which in enumerate("qkv"):
-        weight = attn.in_proj_weight[part * width:(part + 1) * width]
-        bias = attn.in_proj_bias[part * width:(part + 1) * width] if attn.in_proj_bias is not None else None
-        y = F.linear(h, weight, bias)
-        change = deltas.delta(index, which, h)
-        projected.append(y if change is None else y + change)
-    batch, length = h.shape[0], h.shape[1]
-    q, k, v = (t.view(batch, length, heads, width // heads).transpose(1, 2) for t in projected)
-    mask = attn_mask.to(q.dtype) if attn_mask is not None else None
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    out = out.transpose(1, 2).reshape(batch, length, width)
-    projected_out = attn.out_proj(out)
-    change = deltas.delta(index, "o", out)
-    x = x + block.ls_1(projected_out if change is None else projected_out + change)
-    return x + block.ls_2(block.mlp(block.ln_2(x)))
+    @staticmethod
+    def rows(cached: torch.Tensor, group: Optional[torch.Tensor], n_rows: int) -> torch.Tensor:
+        """The cached tensor of each of ``n_rows`` prompts (a broadcast view for one group)."""
+        if group is None:
+            return cached.expand(n_rows, -1, -1, -1)
+        return cached[group.to(cached.device)]

@@ -52,8 +52,7 @@ class BiasedCoOp(PromptLearner):
         self._register_prompt_tokens(self.prompt_prefix, self.n_ctx)
 
     def encode_class_text(self, class_indices: Optional[Tensor]) -> Tensor:
-        prompts, eot = self._assemble(self.ctx, class_indices)
-        return self._encode_text_chunks(prompts, eot)
+        return self._encode_prompts(self._assemble(self.ctx, class_indices))
 
     def forward(self, images: Tensor, class_indices: Optional[Tensor] = None) -> PromptOutput:
         output = super().forward(images, class_indices)

@@ -80,6 +80,47 @@ def test_text_hook_edit_changes_output(backbone, tokens):
     assert (out - ref).abs().max() > 1e-3
 
 
+def test_a_shared_prefix_encoded_once_gives_every_prompts_features(backbone):
+    """Prompts that share their first p tokens: the prefix through every block once, then each
+    prompt's own tokens against its cached keys/values equal the whole prompt encoded alone,
+    hook included (it edits a prefix token), for one prefix group and for one group per image."""
+    tokens = backbone.tokenize(["a photo of a dog.", "a photo of a red car parked outside.", "a photo of a x"])
+    eot = backbone.eot_index(tokens)
+    emb = backbone.token_embedding(tokens)
+    delta = torch.randn(32, generator=torch.Generator().manual_seed(3))
+
+    def hook(i, x):
+        return torch.cat([x[:, :2], x[:, 2:3] + i * delta, x[:, 3:]], dim=1)
+
+    p = 5  # SOT a photo of a
+    with torch.no_grad():
+        whole = backbone.encode_text_embeddings(emb, eot, hook=hook)
+        prefix = backbone.encode_text_prefix(emb[:1, :p], hook=hook)
+        alone = torch.cat([backbone.encode_text_suffix(prefix, emb[i:i + 1, p:int(eot[i]) + 1]) for i in range(3)])
+        # Two groups (e.g. two images' contexts); group 1's prefix is shifted, so rows must pick theirs.
+        shifted = emb[:1, :p].clone()
+        shifted[:, 1] += delta
+        groups = backbone.encode_text_prefix(torch.cat([emb[:1, :p], shifted]), hook=hook)
+        row = emb[:1, p:int(eot[0]) + 1].expand(2, -1, -1)
+        by_group = backbone.encode_text_suffix(groups, row, torch.tensor([1, 0]))
+        emb_shifted = emb[:1].clone()
+        emb_shifted[:, 1] += delta
+        whole_shifted = backbone.encode_text_embeddings(emb_shifted, eot[:1], hook=hook)
+    torch.testing.assert_close(alone, whole, atol=ATOL, rtol=0)
+    torch.testing.assert_close(by_group[1:], whole[:1], atol=ATOL, rtol=0)
+    torch.testing.assert_close(by_group[:1], whole_shifted, atol=ATOL, rtol=0)
+    assert (whole_shifted - whole[:1]).abs().max() > 1e-3  # the groups really differ
+
+
+def test_a_shared_prefix_needs_a_causal_text_tower(backbone, tiny_clip_config):
+    cfg = json.loads(json.dumps(tiny_clip_config))
+    other = load_backbone("tiny-other", config=cfg)
+    other.model.attn_mask = None  # a bidirectional text tower: later tokens change earlier ones
+    assert backbone.causal_text and not other.causal_text
+    with pytest.raises(ValueError, match="not causal"):
+        other.encode_text_prefix(other.token_embedding(other.tokenize(["a dog"]))[:, :2])
+
+
 def test_normalize_flags(backbone, tokens, images):
     with torch.no_grad():
         t = backbone.encode_text_embeddings(backbone.token_embedding(tokens), tokens.argmax(-1), normalize=True)

@@ -10,11 +10,15 @@ non-persistent buffers rebuilt by `set_classnames`, which is how learned prompts
 novel classes or other datasets (the reference drops `token_prefix/suffix` when loading).
 
 Prompt embeddings are never materialised for the whole class list: `forward` indexes the token
-ids of the selected classes, embeds only those (a frozen lookup) and runs the text tower only up
-to their longest EOT (spec §6 "index prefix/suffix first").
+ids of the selected classes, embeds only those (a frozen lookup) (spec §6 "index prefix/suffix
+first") and runs the text tower at its floor: prompts grouped by length, each running only up to
+its own EOT, and the prefix they all share (SOT, a shared context) encoded once
+(`_encode_prompts`). What that needs is computed on the host when the class list is set, so the
+step never waits for the device, except to read the lengths of a per-step class selection.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Mapping, Optional, Sequence
 
@@ -44,6 +48,29 @@ class PromptOutput:
     extras: dict[str, Tensor] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class PromptLayout:
+    """How the selected prompts are encoded: ``prefix`` leading positions shared by all of them
+    (SOT, a shared context, common words), and buckets of prompts of equal length (EOT
+    included), ascending: bucket b holds ``counts[b]`` prompts of ``lengths[b]`` tokens,
+    ``order[sum(counts[:b]):][:counts[b]]``; ``inverse`` puts the buckets' rows back in order."""
+
+    prefix: int
+    lengths: tuple[int, ...]
+    counts: tuple[int, ...]
+    order: Tensor
+    inverse: Tensor
+
+
+@dataclass
+class Prompts:
+    """Assembled prompt embeddings `[*lead, C_sel, L, W]`, EOT positions `[C_sel]`, layout."""
+
+    embeddings: Tensor
+    eot: Tensor
+    layout: PromptLayout
+
+
 class PromptLearner(nn.Module):
     """Base class: class-list buffers, class selection, feature normalisation and logits."""
 
@@ -55,6 +82,9 @@ class PromptLearner(nn.Module):
     # Cut prompts after the selected classes' longest EOT (exact under the causal mask). False
     # runs all `context_length` tokens, as the reference does (benchmarks/bench_kdpl.py).
     truncate_text: bool = True
+    # Encode prompts at the text tower's floor (grouped by length, the shared prefix once; see
+    # `_encode_prompts`). False pads every prompt to the longest (benchmarks' "before" row).
+    bucket_text: bool = True
     # The learned prompts change only the text side: the image features are the frozen model's,
     # so the class text features are a fixed linear classifier on plain open_clip image
     # features (`clipdistill export --classes` bakes it). False for image-conditioned (CoCoOp)
@@ -119,33 +149,74 @@ class PromptLearner(nn.Module):
     def _set_buffer(self, name: str, value: Tensor) -> None:
         self.register_buffer(name, value.to(self._device()), persistent=False)
 
-    def _register_prompt_tokens(self, prefix: str, n_ctx: int = 0, position: str = "end") -> None:
+    def _register_prompt_tokens(self, prefix: str, n_ctx: int = 0, position: str = "end",
+                                shared_context: bool = True) -> None:
         """Token ids and EOT positions of "<prefix> <classname>." per class, and for CoOp's
         "middle"/"front" positions the gather map `prompt_index[c, p]`: prompt token p is
         context vector j for `j < n_ctx`, else frozen token `j - n_ctx` of the tokenised prompt.
+        `shared_context`: the context is the same for every class (not CoOp's CSC), so the
+        positions it fills can belong to the prefix that all prompts share.
         """
         tokens = self.backbone.tokenize([f"{prefix} {c}." for c in self.classnames])
-        self._set_buffer("prompt_tokens", tokens)
-        self._set_buffer("prompt_eot", self.backbone.eot_index(tokens))
         self._n_prompt_ctx = n_ctx
         self._gather_prompts = n_ctx > 0 and position != "end"
+        # What fills each prompt position, to find the prefix all prompts share: a frozen token
+        # id (>= 0), or context vector j (-1 - j; made class-dependent when it is per class).
+        sources = tokens.clone()
+        sources[:, 1:1 + n_ctx] = -1 - torch.arange(n_ctx)
         if self._gather_prompts:
             name_lens = self.backbone.eot_index(self.backbone.tokenize(self.classnames)) - 1
             split = {"middle": n_ctx // 2, "front": 0}[position]
-            self._set_buffer("prompt_index", _assembly_index(tokens.shape[1], n_ctx, split, name_lens))
+            index = _assembly_index(tokens.shape[1], n_ctx, split, name_lens)
+            self._set_buffer("prompt_index", index)
+            sources = torch.where(index < n_ctx, -1 - index, tokens.gather(1, (index - n_ctx).clamp_min(0)))
+        if not shared_context:
+            per_class = n_ctx * (1 + torch.arange(len(tokens))).unsqueeze(1)
+            sources = torch.where(sources < 0, sources - per_class, sources)
+        self._register_tokens(tokens, _common_prefix(sources))
 
-    def _selected_tokens(self, class_indices: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+    def _register_tokens(self, tokens: Tensor, shared_prefix: int) -> None:
+        """Store the prompts' token ids and EOT positions and, from the CPU copies (so that no
+        step has to ask the device), how the text tower encodes them at its floor: prompts
+        grouped by length, and the number of leading positions every prompt shares."""
+        eot = self.backbone.eot_index(tokens)
+        self._set_buffer("prompt_tokens", tokens)
+        self._set_buffer("prompt_eot", eot)
+        lengths, counts, order = _length_buckets(eot)
+        self._set_buffer("prompt_order", order)
+        self._set_buffer("prompt_inverse", torch.argsort(order))
+        self._static_buckets = (lengths, counts)
+        # The EOT must stay outside the shared prefix: every prompt keeps at least one own token.
+        self._shared_prefix = min(shared_prefix, int(eot.min()))
+
+    def _prompt_layout(self, class_indices: Optional[Tensor]) -> "PromptLayout":
+        """How the prompts of the selected classes are encoded. For the whole class list it was
+        computed with the class list; a selection (KDPL-CA's top-K) asks the device once for the
+        lengths of the selected prompts."""
+        if class_indices is None:
+            lengths, counts = self._static_buckets
+            return PromptLayout(self._shared_prefix, lengths, counts, self.prompt_order, self.prompt_inverse)
+        eot = self.prompt_eot[class_indices.to(self.prompt_eot.device)]
+        lengths, counts, order = _length_buckets(eot)
+        return PromptLayout(self._shared_prefix, lengths, counts, order, torch.argsort(order))
+
+    def _selected_tokens(self, class_indices: Optional[Tensor],
+                         layout: Optional["PromptLayout"] = None) -> tuple[Tensor, Tensor]:
         """Token ids of the selected classes, cut after their last EOT, and the EOT positions."""
         tokens, eot = self.prompt_tokens, self.prompt_eot
         if class_indices is not None:
             class_indices = class_indices.to(tokens.device)
             tokens, eot = tokens[class_indices], eot[class_indices]
-        return (tokens[:, : int(eot.max()) + 1] if self.truncate_text else tokens), eot
+        if not self.truncate_text:
+            return tokens, eot
+        layout = layout or self._prompt_layout(class_indices)
+        return tokens[:, : layout.lengths[-1]], eot
 
-    def _assemble(self, ctx: Tensor, class_indices: Optional[Tensor]) -> tuple[Tensor, Tensor]:
-        """Prompt embeddings `[*lead, C_sel, L, W]` and EOT positions `[C_sel]` of the selected
-        classes; `ctx` is `[n, W]` (shared), `[C_sel, n, W]` or `[*lead, 1 | C_sel, n, W]`."""
-        tokens, eot = self._selected_tokens(class_indices)
+    def _assemble(self, ctx: Tensor, class_indices: Optional[Tensor]) -> "Prompts":
+        """Prompt embeddings `[*lead, C_sel, L, W]` of the selected classes, their EOT positions
+        and layout; `ctx` is `[n, W]` (shared), `[C_sel, n, W]` or `[*lead, 1 | C_sel, n, W]`."""
+        layout = self._prompt_layout(class_indices)
+        tokens, eot = self._selected_tokens(class_indices, layout)
         emb = self._embed(tokens)  # [C, L, W]
         n_cls, length, width = emb.shape
         n = self._n_prompt_ctx
@@ -153,11 +224,11 @@ class PromptLearner(nn.Module):
         ctx = ctx.to(emb.device).expand(*lead, n_cls, n, width)
         emb = emb.expand(*lead, n_cls, length, width)
         if not self._gather_prompts:  # class token at the end: [SOT][ctx][name . EOT ...]
-            return torch.cat([emb[..., :1, :], ctx, emb[..., 1 + n:, :]], dim=-2), eot
+            return Prompts(torch.cat([emb[..., :1, :], ctx, emb[..., 1 + n:, :]], dim=-2), eot, layout)
         index = self.prompt_index if class_indices is None else self.prompt_index[class_indices.to(tokens.device)]
         index = index[:, :length].to(emb.device)
         rows = torch.arange(n_cls, device=emb.device).unsqueeze(1)
-        return torch.cat([ctx, emb], dim=-2)[..., rows, index, :], eot
+        return Prompts(torch.cat([ctx, emb], dim=-2)[..., rows, index, :], eot, layout)
 
     def _embed(self, tokens: Tensor) -> Tensor:
         """Frozen token embeddings in fp32 (so they concatenate with fp32 learned context)."""
@@ -193,15 +264,49 @@ class PromptLearner(nn.Module):
         return vectors, " ".join(["X"] * n_ctx), n_ctx
 
     # ----- encoders -----
+    def _encode_prompts(self, prompts: "Prompts", hook: Optional[Hook] = None) -> Tensor:
+        """Unnormalised text features `[*lead, C_sel, D]` of assembled prompts.
+
+        At the floor (``bucket_text``, a causal tower, and a hook, if any, that edits only tokens
+        of the shared prefix): the prefix every prompt shares is encoded once per lead group, and
+        each group of prompts of equal length runs only its own tokens, attending to the cached
+        prefix. Otherwise every prompt is padded to the longest. Both give the same features.
+        """
+        emb, layout = prompts.embeddings, prompts.layout
+        *lead, n_cls, length, width = emb.shape
+        edits = getattr(hook, "edits_tokens", None) if hook is not None else 0
+        at_floor = (self.bucket_text and self.truncate_text and self.backbone.causal_text
+                    and edits is not None and 1 <= layout.prefix and edits <= layout.prefix)
+        if not at_floor:
+            flat = emb.reshape(-1, length, width)
+            eot = prompts.eot.repeat(flat.shape[0] // n_cls)
+            return self._encode_text_chunks(flat, eot, hook=hook).view(*lead, n_cls, -1)
+        groups = emb.reshape(-1, n_cls, length, width)
+        n_groups, p = groups.shape[0], layout.prefix
+        prefix = self.backbone.encode_text_prefix(groups[:, 0, :p], hook=hook)
+        size, feats, start = max(1, self.cfg.text_chunk_size), [], 0
+        for bucket_length, count in zip(layout.lengths, layout.counts):
+            rows = layout.order[start:start + count].to(emb.device)
+            start += count
+            own = groups[:, rows, p:bucket_length].reshape(n_groups * count, bucket_length - p, width)
+            group = torch.arange(n_groups, device=emb.device).repeat_interleave(count) if n_groups > 1 else None
+            chunks = [self.backbone.encode_text_suffix(
+                prefix, own[i:i + size], None if group is None else group[i:i + size])
+                for i in range(0, own.shape[0], size)]
+            feats.append(torch.cat(chunks).view(n_groups, count, -1))
+        feats = torch.cat(feats, dim=1)[:, layout.inverse.to(emb.device)]
+        return feats.view(*lead, n_cls, -1)
+
     def _encode_text_chunks(self, embeddings: Tensor, eot: Tensor, hook: Optional[Hook] = None,
                             deltas=None) -> Tensor:
-        """Unnormalised text features of many prompts, `text_chunk_size` prompts per call
-        (`deltas`: changes to the attention projections, see `clipcore.backbone.AttentionDeltas`)."""
-        size, truncate = max(1, self.cfg.text_chunk_size), self.truncate_text
-        if embeddings.shape[0] <= size:
-            return self.backbone.encode_text_embeddings(embeddings, eot, hook=hook, truncate=truncate, deltas=deltas)
+        """Unnormalised text features of many prompts, every one padded to the longest (the
+        caller has cut them after the longest EOT, or not, as ``truncate_text`` says), in calls
+        of `text_chunk_size` prompts (`deltas`: changes to the attention projections, see
+        `clipcore.attention.AttentionDeltas`)."""
+        size = max(1, self.cfg.text_chunk_size)
+        # Already cut: the backbone need not ask the device for the longest EOT again.
         return torch.cat([
-            self.backbone.encode_text_embeddings(e, i, hook=hook, truncate=truncate, deltas=deltas)
+            self.backbone.encode_text_embeddings(e, i, hook=hook, truncate=False, deltas=deltas)
             for e, i in zip(embeddings.split(size), eot.split(size))
         ])
 
@@ -224,8 +329,9 @@ class PromptLearner(nn.Module):
                 texts = [fill(templates[k // n_cls], self.classnames[k % n_cls]) for k in flat]
                 tokens = self.backbone.tokenize(texts)
                 eot = self.backbone.eot_index(tokens)
+                # Cut after the longest EOT here, on the host copy of the token ids.
                 feats = self.backbone.encode_text_embeddings(
-                    self._embed(tokens[:, : int(eot.max()) + 1]), eot, truncate=True).float()
+                    self._embed(tokens[:, : int(eot.max()) + 1]), eot, truncate=False).float()
                 if normalize_each:
                     feats = F.normalize(feats, dim=-1)
                 if sums is None:
@@ -306,8 +412,26 @@ class PromptLearner(nn.Module):
 
 
 def fp32(like: Tensor):
-    """Context that turns autocast off on `like`'s device: logits, softmax and losses in fp32."""
+    """Context that turns autocast off on `like`'s device: logits, softmax and losses in fp32.
+    (Devices without autocast, such as ``meta`` for FLOP counting, have nothing to turn off.)"""
+    if not torch.amp.is_autocast_available(like.device.type):
+        return contextlib.nullcontext()
     return torch.autocast(device_type=like.device.type, enabled=False)
+
+
+def _length_buckets(eot: Tensor) -> tuple[tuple[int, ...], tuple[int, ...], Tensor]:
+    """(lengths, counts, order) of prompts grouped by length ``eot + 1``: one host read of a
+    small histogram when ``eot`` lives on a device."""
+    histogram = torch.bincount(eot.long()).tolist()
+    lengths = tuple(i + 1 for i, n in enumerate(histogram) if n)
+    counts = tuple(n for n in histogram if n)
+    return lengths, counts, torch.argsort(eot, stable=True)
+
+
+def _common_prefix(sources: Tensor) -> int:
+    """How many leading positions hold the same thing (token id or context vector) in every row."""
+    same = (sources == sources[:1]).all(dim=0)
+    return int(same.int().cumprod(0).sum())
 
 
 def _assembly_index(length: int, n_ctx: int, split: int, name_lens: Tensor) -> Tensor:

@@ -12,7 +12,7 @@ zero, so the untrained learner is the frozen model. Every block of both towers i
 are prompted with the dataset's template (``template: null``), as the reference does.
 
 The frozen weights are never touched: the factors are this learner's only tensors, and the
-backbone applies them as additive deltas (``clipcore.backbone.AttentionDeltas``).
+backbone applies them as additive deltas (``clipcore.attention.AttentionDeltas``).
 ``weight_changes()`` gives ``s * B A`` per projection, which ``clipdistill export --merged``
 adds to a copy of the model to write a plain open_clip bundle.
 """
@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from clipcore.backbone import AttentionDeltas
+from clipcore.attention import AttentionDeltas
 from clipcore.config import ConfigError
 from clipcore.templates import fill
 from kdpl.prompts.base import PromptLearner
@@ -121,8 +121,8 @@ class CLIPLoRA(PromptLearner):
     def _build_class_buffers(self) -> None:
         template = self.cfg.template or "a photo of a {}."
         tokens = self.backbone.tokenize([fill(template, c) for c in self.classnames])
-        self._set_buffer("prompt_tokens", tokens)
-        self._set_buffer("prompt_eot", self.backbone.eot_index(tokens))
+        # The adapted text tower runs padded prompts (`_encode_text_chunks`): no shared prefix.
+        self._register_tokens(tokens, shared_prefix=0)
 
     def encode_class_text(self, class_indices: Optional[Tensor]) -> Tensor:
         tokens, eot = self._selected_tokens(class_indices)

@@ -3,7 +3,8 @@
 π = meta_net(ĩ) (Linear(D→D/16)–ReLU–Linear(→W) on the normalised image feature) is added to
 every context token, so every image has its own prompts for every class. The reference loops
 over images and encodes all classes per image; here the prompts of all B·C (image, class)
-pairs are assembled as one `[B, C, L, W]` tensor and encoded in chunks of `text_chunk_size`.
+pairs are assembled as one `[B, C, L, W]` tensor and encoded in chunks of `text_chunk_size`; the
+start-of-text and context tokens of one image's prompts are encoded once for all its classes.
 """
 from __future__ import annotations
 
@@ -51,10 +52,9 @@ class CoCoOp(PromptLearner):
         image_features = F.normalize(self.encode_images(images).float(), dim=-1)
         bias = self.meta_net(image_features)  # [B, W]
         ctx = self.ctx.unsqueeze(0) + bias.unsqueeze(1)  # [B, n_ctx, W]
-        prompts, eot = self._assemble(ctx.unsqueeze(1), class_indices)  # [B, C, L, W]
-        n_img, n_cls, length, width = prompts.shape
-        text = self._encode_text_chunks(prompts.reshape(n_img * n_cls, length, width), eot.repeat(n_img))
+        # [B, C, D]: the prompts of one image share their context, so each image is a prefix group.
+        text = self._encode_prompts(self._assemble(ctx.unsqueeze(1), class_indices))
         with fp32(text):
-            text_features = F.normalize(text.float().view(n_img, n_cls, -1), dim=-1)
+            text_features = F.normalize(text.float(), dim=-1)
             logits = self.logit_scale() * torch.einsum("bd,bcd->bc", image_features, text_features)
         return PromptOutput(logits, image_features, text_features)

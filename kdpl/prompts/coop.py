@@ -55,11 +55,11 @@ class CoOp(PromptLearner):
         super().set_classnames(classnames)
 
     def _build_class_buffers(self) -> None:
-        self._register_prompt_tokens(self.prompt_prefix, self.n_ctx, self.cfg.class_token_position)
+        self._register_prompt_tokens(self.prompt_prefix, self.n_ctx, self.cfg.class_token_position,
+                                     shared_context=not self.cfg.class_specific)
 
     def encode_class_text(self, class_indices: Optional[Tensor]) -> Tensor:
         ctx = self.ctx
         if self.cfg.class_specific and class_indices is not None:
             ctx = ctx[class_indices.to(ctx.device)]
-        prompts, eot = self._assemble(ctx, class_indices)
-        return self._encode_text_chunks(prompts, eot)
+        return self._encode_prompts(self._assemble(ctx, class_indices))

@@ -26,6 +26,8 @@ def deep_text_hook(prompts: Sequence[Tensor]) -> Hook:
         p = p.to(x.dtype).unsqueeze(0).expand(x.shape[0], -1, -1)
         return torch.cat([x[:, :1], p, x[:, 1 + n:]], dim=1)
 
+    # It edits only the first 1 + n tokens: a shared prompt prefix that long may be encoded once.
+    hook.edits_tokens = 1 + max((p.shape[0] for p in prompts), default=0)
     return hook
 
 

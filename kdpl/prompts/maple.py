@@ -57,9 +57,8 @@ class MaPLe(PromptLearner):
         self._register_prompt_tokens(self.prompt_prefix, self.n_ctx)
 
     def encode_class_text(self, class_indices: Optional[Tensor]) -> Tensor:
-        prompts, eot = self._assemble(self.ctx, class_indices)
         hook = deep_text_hook(self.compound_prompts_text.unbind(0))
-        return self._encode_text_chunks(prompts, eot, hook=hook)
+        return self._encode_prompts(self._assemble(self.ctx, class_indices), hook=hook)
 
     def encode_images(self, images: Tensor) -> Tensor:
         vision_prompts = [self.proj(self.ctx)] + [

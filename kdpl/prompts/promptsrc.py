@@ -96,8 +96,8 @@ class PromptSRC(PromptLearner):
             PROMPTSRC_TEMPLATES, normalize_each=self.cfg.template_average == "normalized"))
 
     def encode_class_text(self, class_indices: Optional[Tensor]) -> Tensor:
-        prompts, eot = self._assemble(self.ctx, class_indices)
-        return self._encode_text_chunks(prompts, eot, hook=deep_text_hook(self.text_prompts.unbind(0)))
+        hook = deep_text_hook(self.text_prompts.unbind(0))
+        return self._encode_prompts(self._assemble(self.ctx, class_indices), hook=hook)
 
     def encode_images(self, images: Tensor) -> Tensor:
         if self.vision_depth == 0:
