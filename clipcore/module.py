@@ -5,7 +5,9 @@ What it adds to Lightning:
   method names in ``extra_state_keys``), never the frozen towers;
 - checkpoints carry a fingerprint of every frozen backbone, and loading one onto a different
   backbone is refused;
-- a uniform export hook (``export_state`` / ``load_export``) used by ``eval.py export``.
+- a uniform export hook (``export_state`` / ``load_export``) used by ``eval.py export``;
+- a non-finite training loss stops the run without a device read per step
+  (``watch_loss``, see ``clipcore.finite_loss``).
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import lightning as L
 import torch
 
 from clipcore.errors import UserError
+from clipcore.finite_loss import NonFiniteLossWatch
 
 FINGERPRINT_KEY = "backbone_fingerprints"
 
@@ -33,6 +36,7 @@ class ClipMethodModule(L.LightningModule):
         self.save_hyperparameters({"config": config})
         # Checkpoints miss the frozen weights on purpose.
         self.strict_loading = False
+        self.loss_watch = NonFiniteLossWatch()
 
     # -- hooks for subclasses -------------------------------------------------------------
     def backbones(self) -> dict[str, Any]:
@@ -62,6 +66,19 @@ class ClipMethodModule(L.LightningModule):
                                                scheduler.base_lrs):
                     group["lr"] = base * factor(scheduler.last_epoch)
 
+    # -- non-finite losses -------------------------------------------------------------------
+    def watch_loss(self, loss: torch.Tensor, parts: dict[str, torch.Tensor]) -> None:
+        """Record this step's loss (and the parts the error should show) for the next check."""
+        self.loss_watch.record(loss, self.global_step, self.current_epoch, parts)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        # As often as metrics are logged: a log reads the device then anyway.
+        if self.global_step % max(1, self.trainer.log_every_n_steps) == 0:
+            self.loss_watch.check()
+
+    def on_train_epoch_end(self) -> None:
+        self.loss_watch.check()
+
     # -- trainable-only checkpoints ---------------------------------------------------------
     def trainable_keys(self) -> set[str]:
         keys = {name for name, p in self.named_parameters() if p.requires_grad}
@@ -75,6 +92,7 @@ class ClipMethodModule(L.LightningModule):
         return {role: backbone.fingerprint() for role, backbone in self.backbones().items()}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        self.loss_watch.check()  # never save weights updated from a non-finite loss
         keep = self.trainable_keys()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
         checkpoint[FINGERPRINT_KEY] = self.fingerprints()

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Optional
 
 import lightning as L
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from omegaconf import DictConfig
 
 from clipcore.checkpoint_file import load_checkpoint
@@ -85,6 +85,10 @@ def build_trainer(cfg: DictConfig, run_dir: Path, loggers: list, stop: StopReque
                                          save_last=False, every_n_epochs=ck.every_n_epochs))
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+    if cfg.trainer.enable_progress_bar:
+        # The bar reads the logged loss from the device when it redraws: as often as metrics
+        # are logged, not at every step.
+        callbacks.append(TQDMProgressBar(refresh_rate=max(1, cfg.trainer.log_every_n_steps)))
     return L.Trainer(default_root_dir=str(run_dir), logger=loggers or False, callbacks=callbacks,
                      inference_mode=inference_mode, **trainer_kwargs(cfg))
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.utilities.data import dim_zero_cat
 
-from clipcore.errors import NonFiniteLossError, list_difference
+from clipcore.errors import list_difference
 from clipcore.export import ExportError
 from clipcore.module import ClipMethodModule
 from clipcore.schedule import optimizer_with_schedule
@@ -148,10 +148,7 @@ class GCDModule(ClipMethodModule):
     def training_step(self, batch, batch_idx):
         terms = self.compute_losses(batch)
         loss = terms["loss"]
-        if not torch.isfinite(loss):
-            parts = {k: float(v.detach()) for k, v in terms.items()}
-            raise NonFiniteLossError(f"non-finite training loss at epoch {self.current_epoch}, "
-                                     f"step {self.global_step}: {parts}")
+        self.watch_loss(loss, {k: v for k, v in terms.items() if k != "loss"})
         n = batch["label"].shape[0]
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=n)
         self.log_dict({f"train/{k}": v.detach() for k, v in terms.items() if k != "loss"}, batch_size=n)

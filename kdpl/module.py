@@ -18,7 +18,7 @@ from typing import Callable, Optional
 
 import torch
 
-from clipcore.errors import NonFiniteLossError, UserError
+from clipcore.errors import UserError
 from clipcore.evaluation import ClassificationScores, PredictionRecorder, classification_eval_step
 from clipcore.module import ClipMethodModule
 from clipcore.schedule import optimizer_with_schedule
@@ -190,9 +190,7 @@ class PromptLearningModule(ClipMethodModule):
                       else (0.0, {}))
         loss = result.loss + reg
         logs = {**result.logs, **{f"train/{k}": v.detach() for k, v in parts.items()}}
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"non-finite training loss ({loss.item()}) at epoch {self.current_epoch}, "
-                                     f"step {self.global_step}; last logged parts: {logs}")
+        self.watch_loss(loss, logs)
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=len(images))
         same_classes = self.train_classnames == self.eval_classnames
         scores_eval_classes = result.output.logits.shape[-1] == len(self.eval_classnames)
@@ -204,6 +202,7 @@ class PromptLearningModule(ClipMethodModule):
         return loss
 
     def on_train_epoch_end(self) -> None:
+        super().on_train_epoch_end()
         if self.aggregator is not None:
             self.aggregator.update(self.current_epoch + 1, self.learner.learned_state())
 

@@ -197,3 +197,34 @@ def test_best_checkpoint_by_monitored_metric(tmp_path, data):
     assert set(stored["state_dict"]) == {"learner.ctx"}
     callback = next(v for k, v in stored["callbacks"].items() if k.startswith("ModelCheckpoint"))
     assert callback["monitor"] == "val/acc"
+
+
+@pytest.mark.parametrize("check_every,save_every", [(4, None), (50, 1)], ids=["at-the-log-step", "at-a-checkpoint"])
+def test_a_non_finite_loss_stops_the_run_naming_its_step_and_no_checkpoint_holds_it(
+        tmp_path, data, monkeypatch, check_every, save_every):
+    """The loss is checked without a device read per step: as often as metrics are logged and
+    before every checkpoint. A NaN batch at step 3 stops the run with the step named, whichever
+    comes first, and the checkpoint on disk holds the finite weights of before it."""
+    from kdpl.module import PromptLearningModule
+
+    step = PromptLearningModule.training_step
+
+    def poisoned(self, batch, batch_idx):
+        if self.global_step == 3:
+            batch = {**batch, "image": torch.full_like(batch["image"], float("nan"))}
+        return step(self, batch, batch_idx)
+
+    monkeypatch.setattr(PromptLearningModule, "training_step", poisoned)
+    extra = {"trainer__log_every_n_steps": check_every}
+    if save_every:
+        extra["checkpoint__every_n_steps"] = save_every
+    with pytest.raises(FloatingPointError, match=r"non-finite training loss \(nan\) at epoch 0, step 3"):
+        run_train(tmp_path, **extra)
+    status_file, = (tmp_path / "runs").glob("*/*/status.json")
+    run_dir = status_file.parent
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["status"] == "failed" and "step 3" in status["attempts"][-1]["exit_reason"]
+    if save_every:
+        ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+        assert ckpt["global_step"] == 3
+        assert all(torch.isfinite(t).all() for t in ckpt["state_dict"].values())
