@@ -307,6 +307,10 @@ class ClipBackbone(FrozenEncoder):
         super().__init__(model, tokenizer, name=name, pretrained=pretrained, model_cfg=model_cfg,
                          open_clip_source=open_clip_source)
         self.text_width = model.token_embedding.embedding_dim
+        # The dtype of the text tower's residual stream, as open_clip derives it from its weights
+        # when they are built: read once, so that compute-dtype copies of the weights swapped in
+        # for a training step (clipcore.compute_dtype) leave the stream in fp32.
+        self.text_cast_dtype = model.transformer.get_cast_dtype()
         self.n_text_blocks = len(model.transformer.resblocks)
         visual = model.visual
         self._vision_error = self._vision_layout_error(visual)
@@ -358,7 +362,7 @@ class ClipBackbone(FrozenEncoder):
         (exact, and much cheaper for short prompts).
         """
         m = self.model
-        cast_dtype = m.transformer.get_cast_dtype()
+        cast_dtype = self.text_cast_dtype
         eot_index = eot_index.to(embeddings.device).long()
         length = embeddings.shape[1]
         if truncate and m.attn_mask is not None:
@@ -389,7 +393,7 @@ class ClipBackbone(FrozenEncoder):
         if not self.causal_text:
             raise ValueError(f"the text tower of '{self.name}' is not causal: a shared prefix is not exact")
         m = self.model
-        cast_dtype = m.transformer.get_cast_dtype()
+        cast_dtype = self.text_cast_dtype
         length = embeddings.shape[1]
         x = embeddings.to(cast_dtype) + m.positional_embedding[:length].to(cast_dtype)
         mask = self._text_mask(length)
@@ -415,7 +419,7 @@ class ClipBackbone(FrozenEncoder):
         token: every row must end with its EOT, so prompts are grouped by length. ``group`` `[N]`
         names each row's prefix group (None: group 0 for all rows)."""
         m = self.model
-        cast_dtype = m.transformer.get_cast_dtype()
+        cast_dtype = self.text_cast_dtype
         start, length = prefix.length, prefix.length + embeddings.shape[1]
         x = embeddings.to(cast_dtype) + m.positional_embedding[start:length].to(cast_dtype)
         mask = self._text_mask(length)[start:length]

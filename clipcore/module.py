@@ -7,7 +7,9 @@ What it adds to Lightning:
   backbone is refused;
 - a uniform export hook (``export_state`` / ``load_export``) used by ``eval.py export``;
 - a non-finite training loss stops the run without a device read per step
-  (``watch_loss``, see ``clipcore.finite_loss``).
+  (``watch_loss``, see ``clipcore.finite_loss``);
+- under mixed precision, the frozen towers' matmul weights are held in the compute dtype for
+  the training step instead of being re-cast at every call (``clipcore.compute_dtype``).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from typing import Any, ClassVar
 import lightning as L
 import torch
 
+from clipcore.compute_dtype import FrozenComputeCopies
 from clipcore.errors import UserError
 from clipcore.finite_loss import NonFiniteLossWatch
 
@@ -26,8 +29,14 @@ class CheckpointMismatchError(UserError, RuntimeError):
     """A checkpoint was made with other frozen weights than the ones loaded now."""
 
 
+MIXED_PRECISION_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+
+
 class ClipMethodModule(L.LightningModule):
     method_name: ClassVar[str] = ""
+    # Hold the frozen towers' matmul weights in the compute dtype during training steps under
+    # mixed precision (the same numbers; False re-casts them at every call, as autocast does).
+    frozen_compute_copies: ClassVar[bool] = True
 
     def __init__(self, config: dict):
         super().__init__()
@@ -37,6 +46,7 @@ class ClipMethodModule(L.LightningModule):
         # Checkpoints miss the frozen weights on purpose.
         self.strict_loading = False
         self.loss_watch = NonFiniteLossWatch()
+        self._compute_copies: FrozenComputeCopies | None = None
 
     # -- hooks for subclasses -------------------------------------------------------------
     def backbones(self) -> dict[str, Any]:
@@ -66,12 +76,33 @@ class ClipMethodModule(L.LightningModule):
                                                scheduler.base_lrs):
                     group["lr"] = base * factor(scheduler.last_epoch)
 
+    # -- frozen weights in the compute dtype ------------------------------------------------
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        """Swap in the compute-dtype copies of the frozen weights (subclasses that change the
+        class list here call this last: class caches are computed with the fp32 weights)."""
+        dtype = MIXED_PRECISION_DTYPES.get(str(self.trainer.precision))
+        if dtype is None or not self.frozen_compute_copies:
+            return
+        if self._compute_copies is None or self._compute_copies.stale():
+            for backbone in self.backbones().values():
+                backbone.fingerprint()  # of the fp32 weights (it is cached)
+            self._compute_copies = FrozenComputeCopies([b.model for b in self.backbones().values()], dtype)
+        self._compute_copies.swap_in()
+
+    def on_after_backward(self) -> None:
+        self._swap_out_compute_copies()
+
+    def _swap_out_compute_copies(self) -> None:
+        if self._compute_copies is not None and self._compute_copies.active:
+            self._compute_copies.swap_out()
+
     # -- non-finite losses -------------------------------------------------------------------
     def watch_loss(self, loss: torch.Tensor, parts: dict[str, torch.Tensor]) -> None:
         """Record this step's loss (and the parts the error should show) for the next check."""
         self.loss_watch.record(loss, self.global_step, self.current_epoch, parts)
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        self._swap_out_compute_copies()  # a step without backward (none of ours) still ends fp32
         # As often as metrics are logged: a log reads the device then anyway.
         if self.global_step % max(1, self.trainer.log_every_n_steps) == 0:
             self.loss_watch.check()

@@ -152,6 +152,9 @@ class PromptLearningModule(ClipMethodModule):
         # Per batch, not per epoch: a run resumed mid-epoch gets no on_train_epoch_start, and
         # validation in between switched to the evaluation classes. A no-op when already set.
         self._use_classes("train")
+        if self.teacher is not None:
+            self._teacher_text()  # built once, with the fp32 weights, before the step's copies
+        super().on_train_batch_start(batch, batch_idx)
 
     def on_validation_start(self) -> None:
         self._use_classes("eval")

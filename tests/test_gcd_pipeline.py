@@ -223,3 +223,31 @@ def test_memax_weight_and_template_tables():
     assert memax_weight(GCDLossConfig(memax_weight=3.0), "cub") == 3.0
     assert prompt_template(section, "cub") == "a photo of a {} ."
     assert prompt_template(GCDSection(specialized_template=True), "cub") == "a photo of a {}, a type of bird."
+
+
+def test_frozen_blocks_held_in_the_compute_dtype_train_exactly_as_recast_ones(tmp_path, monkeypatch):
+    """bf16-mixed (here on the CPU): the frozen blocks' weights are bf16 copies during each step, the
+    trained last block stays fp32, and the run learns bit for bit what the re-casting run learns."""
+    from clipcore.module import ClipMethodModule
+    from gcd.module import GCDModule
+
+    data = write_gcd_image_folder(tmp_path / "data")
+    dictionary = write_dictionary(tmp_path / "dictionary.csv")
+    step, seen = GCDModule.training_step, []
+
+    def probing(self, batch, batch_idx):
+        blocks = self.student.model.visual.transformer.resblocks
+        seen.append((blocks[0].mlp.c_fc.weight.dtype, blocks[-1].mlp.c_fc.weight.dtype))
+        return step(self, batch, batch_idx)
+
+    monkeypatch.setattr(GCDModule, "training_step", probing)
+    states = {}
+    for copies in (True, False):
+        monkeypatch.setattr(ClipMethodModule, "frozen_compute_copies", copies)
+        seen.clear()
+        run = runner.train(make_config(tmp_path, data, dictionary, output_dir=tmp_path / f"copies-{copies}",
+                                       trainer__precision="bf16-mixed", trainer__max_epochs=1))
+        states[copies] = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+        assert set(seen) == {(torch.bfloat16 if copies else torch.float32, torch.float32)}
+    for key, tensor in states[False].items():
+        assert torch.equal(states[True][key], tensor), key

@@ -239,3 +239,40 @@ def test_ddp_on_two_cpu_processes(tmp_path, data, dictionary, learner):
     assert status["status"] == "finished" and len(status["attempts"]) == 1
     assert last_ckpt(run_dir)["state_dict"]
     assert 0.0 <= json.loads((run_dir / "eval" / "metrics.json").read_text())["test/acc"] <= 1.0
+
+
+@pytest.mark.parametrize("learner", ["coop", "promptsrc"])
+def test_frozen_weights_held_in_the_compute_dtype_train_exactly_as_recast_ones(tmp_path, data, dictionary,
+                                                                               learner, monkeypatch):
+    """Under bf16-mixed (here on the CPU) the frozen towers' matmul weights are bf16 copies during
+    each training step instead of being cast by autocast at every call: the run learns bit for
+    bit the same tensors, the weights are fp32 outside the step (PromptSRC rebuilds fp32 class
+    caches there), and the checkpoint's fingerprints are those of the fp32 weights."""
+    from clipcore.module import ClipMethodModule
+
+    step = PromptLearningModule.training_step
+    seen, built = [], []
+
+    def probing(self, batch, batch_idx):
+        seen.append((self.student.model.visual.conv1.weight.dtype, self.teacher.model.visual.conv1.weight.dtype,
+                     self.student.model.ln_final.weight.dtype))
+        built.append(self._compute_copies)
+        return step(self, batch, batch_idx)
+
+    monkeypatch.setattr(PromptLearningModule, "training_step", probing)
+    ckpts = {}
+    for copies in (True, False):
+        monkeypatch.setattr(ClipMethodModule, "frozen_compute_copies", copies)
+        seen.clear(), built.clear()
+        cfg = make_config(tmp_path / f"copies-{copies}", data, dictionary, learner, "kdpl",
+                          trainer__precision="bf16-mixed")
+        ckpts[copies] = last_ckpt(runner.train(cfg))
+        expected = (torch.bfloat16, torch.bfloat16, torch.float32) if copies else (torch.float32,) * 3
+        assert seen and set(seen) == {expected}
+        # Built once per fit, not per step.
+        assert len({id(c) for c in built}) == 1 and (built[0] is not None) == copies
+    held, recast = ckpts[True], ckpts[False]
+    assert held["backbone_fingerprints"] == recast["backbone_fingerprints"]
+    assert held["state_dict"].keys() == recast["state_dict"].keys()
+    for key, tensor in recast["state_dict"].items():
+        assert torch.equal(held["state_dict"][key], tensor), key
