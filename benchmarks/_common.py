@@ -43,12 +43,15 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def scaled_config(name: str, width_div: int, image_size: int, patch_size: int | None = None) -> dict:
+def scaled_config(name: str, width_div: int, image_size: int, patch_size: int | None = None,
+                  layers: int | None = None) -> dict:
     """open_clip config of `name` with the same depths and context length but every width (and
     head count) divided by `width_div`, at `image_size` px: a cheap stand-in with the same layout
-    (prompt depths, token counts per prompt) for CPU runs."""
+    (prompt depths, token counts per prompt) for CPU runs. `layers` also cuts both towers' depth."""
     cfg = copy.deepcopy(open_clip.get_model_config(name))
     vision, text = cfg["vision_cfg"], cfg["text_cfg"]
+    if layers:
+        vision["layers"] = text["layers"] = layers
     cfg["embed_dim"] //= width_div
     vision["width"] //= width_div
     vision["head_width"] = max(16, vision.get("head_width", 64) // width_div)

@@ -115,15 +115,16 @@ class Setup:
 
 
 def build_backbones(p: dict, device: torch.device):
-    def load(name, patch):
+    def load(name, patch, layers):
         if p["width_div"] == 1:
             return load_backbone(name, None, device=device)
-        cfg = scaled_config(name, p["width_div"], p["image_size"], patch)
+        cfg = scaled_config(name, p["width_div"], p["image_size"], patch, layers)
         return load_backbone(f"{name}/{p['width_div']}", None, config=cfg, device=device)
 
     context = torch.device("meta") if device.type == "meta" else contextlib.nullcontext()
     with context:  # on meta the weights are never materialised
-        student, teacher = load(p["student"], None), load(p["teacher"], p["teacher_patch"])
+        student = load(p["student"], None, p.get("student_layers"))
+        teacher = load(p["teacher"], p["teacher_patch"], p.get("teacher_layers"))
     return student.freeze().eval(), teacher.freeze().eval()
 
 

@@ -1,0 +1,27 @@
+"""benchmarks/gpu_suite.py, the one GPU benchmark command, run on the CPU with its tiny preset:
+every row and column is produced, from the same code that runs at full size on a GPU."""
+import json
+
+import pytest
+
+from benchmarks import gpu_suite
+
+
+@pytest.mark.slow
+def test_the_gpu_suite_runs_every_row_with_the_tiny_preset(tmp_path, monkeypatch):
+    monkeypatch.delenv("CLIPCORE_ASSETS_DIR", raising=False)  # random class names: no assets needed
+    assert gpu_suite.main(["--preset", "tiny", "--device", "cpu", "--warmup", "0", "--steps", "1",
+                           "--reference-steps", "1", "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "gpu_suite_tiny_cpu.json").read_text())
+    rows = {r["row"]: r for r in results["rows"]}
+    assert set(rows) == {label for label, *_ in gpu_suite.KDPL_ROWS} | {"SpectralGCD"}
+    for row in rows.values():
+        for key in ("now", "reference"):
+            assert row[key]["images_per_s"] > 0 and row[key]["step_s"] > 0 and row[key]["mfu"] > 0
+            assert row[key]["peak_memory_gib"] is None and row[key]["busy_fraction"] is None  # GPU only
+    for label, *_ in gpu_suite.KDPL_ROWS:  # the KDPL optimisations save FLOPs (GCD's save memory and time)
+        assert rows[label]["now"]["gflops_per_step"] < rows[label]["reference"]["gflops_per_step"]
+    assert set(results["loader_images_per_s"]) == {"kdpl", "gcd"}
+    assert all(v > 0 for v in results["loader_images_per_s"].values())
+    table = (tmp_path / "gpu_suite_tiny_cpu.md").read_text()
+    assert "| CoOp+KDPL-CA |" in table and "| SpectralGCD |" in table
