@@ -61,13 +61,14 @@ def text_tower_flops(backbone, sequences: list[tuple[int, int, int]], n_pooled: 
     return 2 * blocks * tokens * per_token + 3 * blocks * pairs * per_pair + 2 * projection
 
 
-def floor_text_flops(backbone, layout, n_groups: int) -> int:
+def floor_text_flops(backbone, prefix: int, eot: torch.Tensor, n_groups: int) -> int:
     """The floor: the prefix once per group (in the last block only its keys and values, since it
-    is never pooled), each prompt's own tokens once, causal attention pairs only."""
-    p, width = layout.prefix, backbone.text_width
-    sequences = [(n_groups, 0, p)] + [(n_groups * count, p, length)
-                                      for length, count in zip(layout.lengths, layout.counts)]
-    total = text_tower_flops(backbone, sequences, n_groups * sum(layout.counts))
+    is never pooled), each prompt's own tokens up to its EOT (``eot`` `[C]`) once, causal
+    attention pairs only."""
+    p, width = prefix, backbone.text_width
+    lengths = torch.bincount(eot.long() + 1).tolist()
+    sequences = [(n_groups, 0, p)] + [(n_groups * count, p, length) for length, count in enumerate(lengths) if count]
+    total = text_tower_flops(backbone, sequences, n_groups * len(eot))
     # The prefix's last block: of its full count (one block, no pooling) keep the k, v projections.
     last_block = text_tower_flops(backbone, [(n_groups, 0, p)], 0) // backbone.n_text_blocks
     keys_values = 2 * n_groups * p * 2 * width * 2 * width  # forward + backward
@@ -84,7 +85,7 @@ def recorded_layouts(learner, into: list):
     encode = type(learner)._encode_prompts
 
     def _encode_prompts(prompts, hook=None):
-        into.append((prompts.layout, prompts.embeddings[..., 0, 0, 0].numel()))
+        into.append((prompts.layout, prompts.eot.cpu(), prompts.embeddings[..., 0, 0, 0].numel()))
         return encode(learner, prompts, hook)
 
     with mock.patch.object(learner, "_encode_prompts", _encode_prompts):
@@ -125,14 +126,14 @@ def measure(label: str, name: str, ca: bool, batch: int, backbones, names) -> di
         now = count(s, learner, batch)
     with no_text_tower(learner):
         without_text = count(s, learner, batch)
-    (layout, groups), = layouts
+    (layout, eot, groups), = layouts
     rows = sum(layout.counts) * groups
-    floor_text = floor_text_flops(student, layout, groups)
+    floor_text = floor_text_flops(student, layout.prefix, eot, groups)
     padded_text = text_tower_flops(student, padded_sequences(layout, groups), rows, dense=True)
     g = 1e9
     out = {"before": before / g, "now": now / g, "floor": (without_text + floor_text) / g,
            "before_text_counted": (before - without_text) / g, "before_text_by_hand": padded_text / g,
-           "prefix": layout.prefix, "prompts": rows, "longest": layout.lengths[-1]}
+           "prefix": layout.prefix, "prompts": rows, "longest": layout.lengths[-1], "buckets": list(layout.lengths)}
     print(f"  {label}: " + ", ".join(f"{k} {v:,.0f}" if isinstance(v, float) else f"{k} {v}"
                                      for k, v in out.items()), flush=True)
     return out

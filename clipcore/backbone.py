@@ -413,11 +413,12 @@ class ClipBackbone(FrozenEncoder):
         return TextPrefix(length, keys, values)
 
     def encode_text_suffix(self, prefix: "TextPrefix", embeddings: torch.Tensor,
-                           group: Optional[torch.Tensor] = None, *, normalize: bool = False) -> torch.Tensor:
+                           group: Optional[torch.Tensor] = None, pool: Optional[torch.Tensor] = None, *,
+                           normalize: bool = False) -> torch.Tensor:
         """Text features `[N, D]` of prompts made of a prefix encoded by `encode_text_prefix` and
-        their own token embeddings `[N, s, W]` (positions p..p+s-1), each pooled at its last
-        token: every row must end with its EOT, so prompts are grouped by length. ``group`` `[N]`
-        names each row's prefix group (None: group 0 for all rows)."""
+        their own token embeddings `[N, s, W]` (positions p..p+s-1), each pooled at ``pool`` `[N]`
+        (its EOT, counted from the end of the prefix; None: the last token). ``group`` `[N]` names
+        each row's prefix group (None: group 0 for all rows)."""
         m = self.model
         cast_dtype = self.text_cast_dtype
         start, length = prefix.length, prefix.length + embeddings.shape[1]
@@ -429,7 +430,8 @@ class ClipBackbone(FrozenEncoder):
                 x = checkpoint(suffix_block, block, x, keys, values, mask, use_reentrant=False)
             else:
                 x = suffix_block(block, x, keys, values, mask)
-        x = self._project(m.ln_final(x[:, -1]), m.text_projection)
+        x = x[:, -1] if pool is None else x[torch.arange(x.shape[0], device=x.device), pool.to(x.device).long()]
+        x = self._project(m.ln_final(x), m.text_projection)
         return F.normalize(x, dim=-1) if normalize else x
 
     def _text_mask(self, length: int) -> Optional[torch.Tensor]:

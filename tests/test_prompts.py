@@ -479,6 +479,7 @@ def test_the_shared_prefix_is_what_every_prompt_has_in_common(tiny, images, name
 
 def test_buckets_group_prompts_by_length_and_restore_the_class_order(tiny):
     learner = build("coop", tiny)
+    learner.max_text_buckets = 10  # one bucket per length
     eot = learner.prompt_eot.tolist()
     layout = learner._prompt_layout(torch.tensor([4, 1, 0, 2]))
     assert list(layout.lengths) == sorted({eot[i] + 1 for i in (4, 1, 0, 2)})
@@ -487,6 +488,19 @@ def test_buckets_group_prompts_by_length_and_restore_the_class_order(tiny):
     assert (selected_eot[layout.order] + 1).tolist() == [n for n, c in zip(layout.lengths, layout.counts)
                                                         for _ in range(c)]
     assert (layout.order[layout.inverse] == torch.arange(4)).all()
+
+
+def test_lengths_are_merged_into_the_buckets_that_pad_the_fewest_tokens():
+    """Prompts of 8, 8, 9, 9, 11, 13 tokens after a prefix of 5, in at most 2 buckets: {8, 9} and
+    {11, 13} encode (9-5)x4 + (13-5)x2 = 32 tokens; {8} {9, 11, 13} 38, {8, 9, 11} {13} 38."""
+    from kdpl.prompts.base import _length_buckets
+
+    eot = torch.tensor([7, 8, 10, 7, 12, 8])  # lengths 8, 9, 11, 8, 13, 9
+    lengths, counts, order = _length_buckets(eot, prefix=5, max_buckets=2)
+    assert (lengths, counts) == ((9, 13), (4, 2))
+    assert order.tolist() == [0, 3, 1, 5, 2, 4]
+    assert _length_buckets(eot, prefix=5, max_buckets=1)[:2] == ((13,), (6,))
+    assert _length_buckets(eot, prefix=5, max_buckets=8)[:2] == ((8, 9, 11, 13), (2, 2, 1, 1))
 
 
 @pytest.mark.parametrize("name", ALL)

@@ -25,18 +25,20 @@ def text_flops(learner, n_images):
     with FlopCounterMode(display=False) as counter:
         prompts = learner._assemble(ctx, None)
         learner._encode_prompts(prompts).square().sum().backward()
-    return counter.get_total_flops(), prompts.layout
+    return counter.get_total_flops(), prompts
 
 
 @pytest.mark.parametrize("name,n_images", [("coop", 1), ("cocoop", 3)])
 def test_the_floor_count_is_exact_for_padded_prompts_and_met_by_the_learners(tiny, name, n_images):
     learner = build_prompt_learner(name, tiny, CLASSNAMES, PROMPT_LEARNERS[name].tiny_test_settings)
     learner.bucket_text = False
-    padded, layout = text_flops(learner, n_images)
+    padded, prompts = text_flops(learner, n_images)
     rows = n_images * len(CLASSNAMES)
-    assert padded == text_tower_flops(tiny, padded_sequences(layout, n_images), rows, dense=True)
+    assert padded == text_tower_flops(tiny, padded_sequences(prompts.layout, n_images), rows, dense=True)
     learner.bucket_text = True
     now, _ = text_flops(learner, n_images)
-    floor = floor_text_flops(tiny, layout, n_images)
+    # The EOT positions from the host (the learner's buffers live on the meta device here).
+    eot = tiny.eot_index(tiny.tokenize([f"{learner.prompt_prefix} {c}." for c in learner.classnames]))
+    floor = floor_text_flops(tiny, prompts.layout.prefix, eot, n_images)
     assert floor <= now <= 1.05 * floor
     assert now < 0.8 * padded

@@ -85,6 +85,9 @@ class PromptLearner(nn.Module):
     # Encode prompts at the text tower's floor (grouped by length, the shared prefix once; see
     # `_encode_prompts`). False pads every prompt to the longest (benchmarks' "before" row).
     bucket_text: bool = True
+    # At most this many length groups: each group is one more pass through the text tower (more
+    # kernel launches), so lengths are merged into the groups that pad the fewest tokens.
+    max_text_buckets: int = 4
     # The learned prompts change only the text side: the image features are the frozen model's,
     # so the class text features are a fixed linear classifier on plain open_clip image
     # features (`clipdistill export --classes` bakes it). False for image-conditioned (CoCoOp)
@@ -182,12 +185,12 @@ class PromptLearner(nn.Module):
         eot = self.backbone.eot_index(tokens)
         self._set_buffer("prompt_tokens", tokens)
         self._set_buffer("prompt_eot", eot)
-        lengths, counts, order = _length_buckets(eot)
+        # The EOT must stay outside the shared prefix: every prompt keeps at least one own token.
+        self._shared_prefix = min(shared_prefix, int(eot.min()))
+        lengths, counts, order = _length_buckets(eot, self._shared_prefix, self.max_text_buckets)
         self._set_buffer("prompt_order", order)
         self._set_buffer("prompt_inverse", torch.argsort(order))
         self._static_buckets = (lengths, counts)
-        # The EOT must stay outside the shared prefix: every prompt keeps at least one own token.
-        self._shared_prefix = min(shared_prefix, int(eot.min()))
 
     def _prompt_layout(self, class_indices: Optional[Tensor]) -> "PromptLayout":
         """How the prompts of the selected classes are encoded. For the whole class list it was
@@ -197,7 +200,7 @@ class PromptLearner(nn.Module):
             lengths, counts = self._static_buckets
             return PromptLayout(self._shared_prefix, lengths, counts, self.prompt_order, self.prompt_inverse)
         eot = self.prompt_eot[class_indices.to(self.prompt_eot.device)]
-        lengths, counts, order = _length_buckets(eot)
+        lengths, counts, order = _length_buckets(eot, self._shared_prefix, self.max_text_buckets)
         return PromptLayout(self._shared_prefix, lengths, counts, order, torch.argsort(order))
 
     def _selected_tokens(self, class_indices: Optional[Tensor],
@@ -269,8 +272,9 @@ class PromptLearner(nn.Module):
 
         At the floor (``bucket_text``, a causal tower, and a hook, if any, that edits only tokens
         of the shared prefix): the prefix every prompt shares is encoded once per lead group, and
-        each group of prompts of equal length runs only its own tokens, attending to the cached
-        prefix. Otherwise every prompt is padded to the longest. Both give the same features.
+        each group of prompts of similar length (at most ``max_text_buckets`` groups) runs only
+        its own tokens, attending to the cached prefix, each pooled at its own EOT. Otherwise every
+        prompt is padded to the longest. Both give the same features.
         """
         emb, layout = prompts.embeddings, prompts.layout
         *lead, n_cls, length, width = emb.shape
@@ -290,8 +294,9 @@ class PromptLearner(nn.Module):
             start += count
             own = groups[:, rows, p:bucket_length].reshape(n_groups * count, bucket_length - p, width)
             group = torch.arange(n_groups, device=emb.device).repeat_interleave(count) if n_groups > 1 else None
+            pool = (prompts.eot.to(emb.device)[rows] - p).repeat(n_groups)  # each row's own EOT
             chunks = [self.backbone.encode_text_suffix(
-                prefix, own[i:i + size], None if group is None else group[i:i + size])
+                prefix, own[i:i + size], None if group is None else group[i:i + size], pool[i:i + size])
                 for i in range(0, own.shape[0], size)]
             feats.append(torch.cat(chunks).view(n_groups, count, -1))
         feats = torch.cat(feats, dim=1)[:, layout.inverse.to(emb.device)]
@@ -419,13 +424,41 @@ def fp32(like: Tensor):
     return torch.autocast(device_type=like.device.type, enabled=False)
 
 
-def _length_buckets(eot: Tensor) -> tuple[tuple[int, ...], tuple[int, ...], Tensor]:
-    """(lengths, counts, order) of prompts grouped by length ``eot + 1``: one host read of a
-    small histogram when ``eot`` lives on a device."""
+def _length_buckets(eot: Tensor, prefix: int, max_buckets: int) -> tuple[tuple[int, ...], tuple[int, ...], Tensor]:
+    """(lengths, counts, order): prompts sorted by length ``eot + 1`` and cut into at most
+    ``max_buckets`` groups, each padded to its longest, that pad the fewest tokens after the
+    shared ``prefix``. One host read of a small histogram when ``eot`` lives on a device."""
     histogram = torch.bincount(eot.long()).tolist()
-    lengths = tuple(i + 1 for i, n in enumerate(histogram) if n)
-    counts = tuple(n for n in histogram if n)
-    return lengths, counts, torch.argsort(eot, stable=True)
+    lengths = [i + 1 for i, n in enumerate(histogram) if n]
+    counts = [n for n in histogram if n]
+    ends = _fewest_padded_tokens(lengths, counts, prefix, max(1, max_buckets))
+    starts = [0] + [e + 1 for e in ends[:-1]]
+    return (tuple(lengths[e] for e in ends), tuple(sum(counts[a:e + 1]) for a, e in zip(starts, ends)),
+            torch.argsort(eot, stable=True))
+
+
+def _fewest_padded_tokens(lengths: list[int], counts: list[int], prefix: int, max_groups: int) -> list[int]:
+    """Indices of the last length of each group: the split of the ascending ``lengths`` into at
+    most ``max_groups`` runs minimising the tokens encoded, sum of (longest - prefix) x prompts
+    (dynamic programming over the at most 77 distinct lengths)."""
+    n = len(lengths)
+    total = [0]
+    for c in counts:
+        total.append(total[-1] + c)
+    # best[g][j]: fewest tokens for lengths[:j] in g groups, and where its last group starts.
+    inf = float("inf")
+    best = [[(inf, -1)] * (n + 1) for _ in range(max_groups + 1)]
+    best[0][0] = (0, -1)
+    for g in range(1, max_groups + 1):
+        for j in range(1, n + 1):
+            best[g][j] = min(((best[g - 1][i][0] + (lengths[j - 1] - prefix) * (total[j] - total[i]), i)
+                              for i in range(j) if best[g - 1][i][0] < inf), default=(inf, -1))
+    groups = min(range(1, max_groups + 1), key=lambda g: (best[g][n][0], g))
+    ends, j = [], n
+    for g in range(groups, 0, -1):
+        ends.append(j - 1)
+        j = best[g][j][1]
+    return ends[::-1]
 
 
 def _common_prefix(sources: Tensor) -> int:
