@@ -61,7 +61,7 @@ from benchmarks._common import class_lists, machine_description, markdown_table,
 from clipcore.backbone import load_backbone  # noqa: E402
 from kdpl.distill import mean_teacher_probs, symmetric_kl, topk_classes  # noqa: E402
 from kdpl.prompts import build_prompt_learner, promptsrc  # noqa: E402
-from kdpl.prompts.base import Prompts  # noqa: E402
+from kdpl.prompts.layout import Prompts  # noqa: E402
 
 PRESETS = {
     "full": dict(student="ViT-B-32-quickgelu", teacher="ViT-H-14-quickgelu", width_div=1, image_size=224,

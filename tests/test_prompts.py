@@ -493,14 +493,14 @@ def test_buckets_group_prompts_by_length_and_restore_the_class_order(tiny):
 def test_lengths_are_merged_into_the_buckets_that_pad_the_fewest_tokens():
     """Prompts of 8, 8, 9, 9, 11, 13 tokens after a prefix of 5, in at most 2 buckets: {8, 9} and
     {11, 13} encode (9-5)x4 + (13-5)x2 = 32 tokens; {8} {9, 11, 13} 38, {8, 9, 11} {13} 38."""
-    from kdpl.prompts.base import _length_buckets
+    from kdpl.prompts.layout import length_buckets
 
     eot = torch.tensor([7, 8, 10, 7, 12, 8])  # lengths 8, 9, 11, 8, 13, 9
-    lengths, counts, order = _length_buckets(eot, prefix=5, max_buckets=2)
+    lengths, counts, order = length_buckets(eot, prefix=5, max_buckets=2)
     assert (lengths, counts) == ((9, 13), (4, 2))
     assert order.tolist() == [0, 3, 1, 5, 2, 4]
-    assert _length_buckets(eot, prefix=5, max_buckets=1)[:2] == ((13,), (6,))
-    assert _length_buckets(eot, prefix=5, max_buckets=8)[:2] == ((8, 9, 11, 13), (2, 2, 1, 1))
+    assert length_buckets(eot, prefix=5, max_buckets=1)[:2] == ((13,), (6,))
+    assert length_buckets(eot, prefix=5, max_buckets=8)[:2] == ((8, 9, 11, 13), (2, 2, 1, 1))
 
 
 @pytest.mark.parametrize("name", ALL)

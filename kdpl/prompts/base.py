@@ -31,6 +31,7 @@ from clipcore.config import ConfigError
 from clipcore.templates import fill
 from kdpl.prompts.config import LearnerConfig
 from kdpl.prompts.hooks import Hook
+from kdpl.prompts.layout import PromptLayout, Prompts, common_prefix, length_buckets
 
 
 @dataclass
@@ -46,29 +47,6 @@ class PromptOutput:
     image_features: Tensor
     text_features: Tensor
     extras: dict[str, Tensor] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class PromptLayout:
-    """How the selected prompts are encoded: ``prefix`` leading positions shared by all of them
-    (SOT, a shared context, common words), and buckets of prompts of equal length (EOT
-    included), ascending: bucket b holds ``counts[b]`` prompts of ``lengths[b]`` tokens,
-    ``order[sum(counts[:b]):][:counts[b]]``; ``inverse`` puts the buckets' rows back in order."""
-
-    prefix: int
-    lengths: tuple[int, ...]
-    counts: tuple[int, ...]
-    order: Tensor
-    inverse: Tensor
-
-
-@dataclass
-class Prompts:
-    """Assembled prompt embeddings `[*lead, C_sel, L, W]`, EOT positions `[C_sel]`, layout."""
-
-    embeddings: Tensor
-    eot: Tensor
-    layout: PromptLayout
 
 
 class PromptLearner(nn.Module):
@@ -176,7 +154,7 @@ class PromptLearner(nn.Module):
         if not shared_context:
             per_class = n_ctx * (1 + torch.arange(len(tokens))).unsqueeze(1)
             sources = torch.where(sources < 0, sources - per_class, sources)
-        self._register_tokens(tokens, _common_prefix(sources))
+        self._register_tokens(tokens, common_prefix(sources))
 
     def _register_tokens(self, tokens: Tensor, shared_prefix: int) -> None:
         """Store the prompts' token ids and EOT positions and, from the CPU copies (so that no
@@ -187,7 +165,7 @@ class PromptLearner(nn.Module):
         self._set_buffer("prompt_eot", eot)
         # The EOT must stay outside the shared prefix: every prompt keeps at least one own token.
         self._shared_prefix = min(shared_prefix, int(eot.min()))
-        lengths, counts, order = _length_buckets(eot, self._shared_prefix, self.max_text_buckets)
+        lengths, counts, order = length_buckets(eot, self._shared_prefix, self.max_text_buckets)
         self._set_buffer("prompt_order", order)
         self._set_buffer("prompt_inverse", torch.argsort(order))
         self._static_buckets = (lengths, counts)
@@ -200,7 +178,7 @@ class PromptLearner(nn.Module):
             lengths, counts = self._static_buckets
             return PromptLayout(self._shared_prefix, lengths, counts, self.prompt_order, self.prompt_inverse)
         eot = self.prompt_eot[class_indices.to(self.prompt_eot.device)]
-        lengths, counts, order = _length_buckets(eot, self._shared_prefix, self.max_text_buckets)
+        lengths, counts, order = length_buckets(eot, self._shared_prefix, self.max_text_buckets)
         return PromptLayout(self._shared_prefix, lengths, counts, order, torch.argsort(order))
 
     def _selected_tokens(self, class_indices: Optional[Tensor],
@@ -422,49 +400,6 @@ def fp32(like: Tensor):
     if not torch.amp.is_autocast_available(like.device.type):
         return contextlib.nullcontext()
     return torch.autocast(device_type=like.device.type, enabled=False)
-
-
-def _length_buckets(eot: Tensor, prefix: int, max_buckets: int) -> tuple[tuple[int, ...], tuple[int, ...], Tensor]:
-    """(lengths, counts, order): prompts sorted by length ``eot + 1`` and cut into at most
-    ``max_buckets`` groups, each padded to its longest, that pad the fewest tokens after the
-    shared ``prefix``. One host read of a small histogram when ``eot`` lives on a device."""
-    histogram = torch.bincount(eot.long()).tolist()
-    lengths = [i + 1 for i, n in enumerate(histogram) if n]
-    counts = [n for n in histogram if n]
-    ends = _fewest_padded_tokens(lengths, counts, prefix, max(1, max_buckets))
-    starts = [0] + [e + 1 for e in ends[:-1]]
-    return (tuple(lengths[e] for e in ends), tuple(sum(counts[a:e + 1]) for a, e in zip(starts, ends)),
-            torch.argsort(eot, stable=True))
-
-
-def _fewest_padded_tokens(lengths: list[int], counts: list[int], prefix: int, max_groups: int) -> list[int]:
-    """Indices of the last length of each group: the split of the ascending ``lengths`` into at
-    most ``max_groups`` runs minimising the tokens encoded, sum of (longest - prefix) x prompts
-    (dynamic programming over the at most 77 distinct lengths)."""
-    n = len(lengths)
-    total = [0]
-    for c in counts:
-        total.append(total[-1] + c)
-    # best[g][j]: fewest tokens for lengths[:j] in g groups, and where its last group starts.
-    inf = float("inf")
-    best = [[(inf, -1)] * (n + 1) for _ in range(max_groups + 1)]
-    best[0][0] = (0, -1)
-    for g in range(1, max_groups + 1):
-        for j in range(1, n + 1):
-            best[g][j] = min(((best[g - 1][i][0] + (lengths[j - 1] - prefix) * (total[j] - total[i]), i)
-                              for i in range(j) if best[g - 1][i][0] < inf), default=(inf, -1))
-    groups = min(range(1, max_groups + 1), key=lambda g: (best[g][n][0], g))
-    ends, j = [], n
-    for g in range(groups, 0, -1):
-        ends.append(j - 1)
-        j = best[g][j][1]
-    return ends[::-1]
-
-
-def _common_prefix(sources: Tensor) -> int:
-    """How many leading positions hold the same thing (token id or context vector) in every row."""
-    same = (sources == sources[:1]).all(dim=0)
-    return int(same.int().cumprod(0).sum())
 
 
 def _assembly_index(length: int, n_ctx: int, split: int, name_lens: Tensor) -> Tensor:
