@@ -51,11 +51,6 @@ class FrozenComputeCopies:
     def nbytes(self) -> int:
         return sum(c.numel() * c.element_size() for c in self._copies)
 
-    def stale(self) -> bool:
-        """True once the models were moved (their weights are no longer the ones copied)."""
-        return not self.active and any(p.data_ptr() != o.data_ptr() or p.dtype != o.dtype
-                                       for p, o in zip(self._params, self._originals))
-
     def swap_in(self) -> None:
         for param, copy in zip(self._params, self._copies):
             param.data = copy

@@ -13,6 +13,7 @@ What it adds to Lightning:
 """
 from __future__ import annotations
 
+import logging
 from typing import Any, ClassVar
 
 import lightning as L
@@ -21,6 +22,8 @@ import torch
 from clipcore.compute_dtype import FrozenComputeCopies
 from clipcore.errors import UserError
 from clipcore.finite_loss import NonFiniteLossWatch
+
+log = logging.getLogger(__name__)
 
 FINGERPRINT_KEY = "backbone_fingerprints"
 
@@ -77,17 +80,24 @@ class ClipMethodModule(L.LightningModule):
                     group["lr"] = base * factor(scheduler.last_epoch)
 
     # -- frozen weights in the compute dtype ------------------------------------------------
-    def on_train_batch_start(self, batch, batch_idx) -> None:
-        """Swap in the compute-dtype copies of the frozen weights (subclasses that change the
-        class list here call this last: class caches are computed with the fp32 weights)."""
+    def on_fit_start(self) -> None:
+        """Build the compute-dtype copies of the frozen weights, once per fit: the towers are on
+        their device by now and stay there (subclasses overriding this call it)."""
+        self._compute_copies = None
         dtype = MIXED_PRECISION_DTYPES.get(str(self.trainer.precision))
         if dtype is None or not self.frozen_compute_copies:
             return
-        if self._compute_copies is None or self._compute_copies.stale():
-            for backbone in self.backbones().values():
-                backbone.fingerprint()  # of the fp32 weights (it is cached)
-            self._compute_copies = FrozenComputeCopies([b.model for b in self.backbones().values()], dtype)
-        self._compute_copies.swap_in()
+        for backbone in self.backbones().values():
+            backbone.fingerprint()  # of the fp32 weights (it is cached)
+        self._compute_copies = FrozenComputeCopies([b.model for b in self.backbones().values()], dtype)
+        log.info("frozen matmul weights held in %s during training steps: %.1f MB of copies",
+                 str(dtype).removeprefix("torch."), self._compute_copies.nbytes / 2**20)
+
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        """Swap in the compute-dtype copies (subclasses that change the class list here call
+        this last: class caches are computed with the fp32 weights)."""
+        if self._compute_copies is not None:
+            self._compute_copies.swap_in()
 
     def on_after_backward(self) -> None:
         self._swap_out_compute_copies()

@@ -142,6 +142,7 @@ class PromptLearningModule(ClipMethodModule):
         # the training images by its pseudo-labelled ones here, on a resumed fit too).
         if self._fit_context is not None:
             self.objective.prepare_fit(self._fit_context(self))
+        super().on_fit_start()
 
     def _use_classes(self, which: str) -> None:
         if self._active_classes != which:
