@@ -104,6 +104,12 @@ class DataConfig:
     # max_corrupt_fraction of a split is skipped.
     skip_corrupt: bool = False
     max_corrupt_fraction: float = 0.01
+    # Training input pipeline (clipcore.data.pipeline): cpu (decode and augment each draw in the
+    # loader workers) | cached (decode once per fit into RAM) | gpu (cache on the training device,
+    # crops, flips and normalisation there).
+    pipeline: str = "cpu"
+    # Largest share of the free RAM (cached) or device memory (gpu) the cache may take.
+    cache_memory_fraction: float = 0.5
 
 
 @dataclass

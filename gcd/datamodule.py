@@ -18,7 +18,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from clipcore.data import Datum, build_gcd_transform
+from clipcore.data.augment import gcd_augmentation
 from clipcore.data.corrupt import SkippedImage, collate_for, load_or_skip
+from clipcore.data.pipeline import TrainImages
 from clipcore.data.resume import ResumableDataModule
 from clipcore.data.sampling import augmentation_rng, split_key
 
@@ -51,12 +53,14 @@ class GCDTrainDataset(Dataset):
 
     def __init__(self, labelled: Sequence[Datum], unlabelled: Sequence[Datum],
                  transform: Callable, image_source: ImageSource | None = None,
-                 skip_corrupt: bool = False):
+                 skip_corrupt: bool = False, train_images: TrainImages | None = None):
         self.items = list(labelled) + list(unlabelled)
         self.n_labelled = len(labelled)
         self.transform = transform
         self.image_source = image_source or FileImageSource()
         self.skip_corrupt = skip_corrupt
+        # The cached and gpu pipelines: the views (or their crop boxes) from the cached pixels.
+        self.train_images = train_images
 
     def __len__(self) -> int:
         return len(self.items)
@@ -64,13 +68,17 @@ class GCDTrainDataset(Dataset):
     def __getitem__(self, key) -> dict | SkippedImage:
         position, seed = split_key(key)
         datum = self.items[position]
-        image = load_or_skip(datum.path, datum.index, self.skip_corrupt, self.image_source)
-        if isinstance(image, SkippedImage):
-            return image
-        with augmentation_rng(seed):
-            views = self.transform(image)
-        return {"images": views, "label": datum.label, "index": datum.index,
-                "is_labelled": position < self.n_labelled}
+        if self.train_images is not None:
+            pixels = self.train_images.draw(position, seed)
+        else:
+            image = load_or_skip(datum.path, datum.index, self.skip_corrupt, self.image_source)
+            if isinstance(image, SkippedImage):
+                return image
+            with augmentation_rng(seed):
+                pixels = {"images": self.transform(image)}
+        if isinstance(pixels, SkippedImage):
+            return pixels
+        return {**pixels, "label": datum.label, "index": datum.index, "is_labelled": position < self.n_labelled}
 
 
 class GCDEvalDataset(Dataset):
@@ -121,8 +129,10 @@ class GCDDataModule(ResumableDataModule):
                  normalization: str | Sequence[float] = "imagenet",
                  std: Sequence[float] | None = None, pin_memory: bool = True,
                  persistent_workers: bool = False, skip_corrupt: bool = False,
-                 max_corrupt_fraction: float = 0.01):
-        super().__init__(seed=seed, skip_corrupt=skip_corrupt, max_corrupt_fraction=max_corrupt_fraction)
+                 max_corrupt_fraction: float = 0.01, pipeline: str = "cpu",
+                 cache_memory_fraction: float = 0.5):
+        super().__init__(seed=seed, skip_corrupt=skip_corrupt, max_corrupt_fraction=max_corrupt_fraction,
+                         pipeline=pipeline, cache_memory_fraction=cache_memory_fraction)
         self.splits = splits
         self.image_size = int(image_size)
         self.batch_size = int(batch_size)
@@ -132,6 +142,8 @@ class GCDDataModule(ResumableDataModule):
         self.persistent_workers = persistent_workers and self.num_workers > 0
         self.train_transform = build_gcd_transform(True, self.image_size, normalization, std)
         self.test_transform = build_gcd_transform(False, self.image_size, normalization, std)
+        self.train_images = self.make_train_images(gcd_augmentation(self.image_size, normalization, std),
+                                                   "images", load=splits.image_source)
 
     @classmethod
     def from_name(cls, name: str, root: str | os.PathLike, *, prop_train_labels: float = 0.5,
@@ -162,22 +174,25 @@ class GCDDataModule(ResumableDataModule):
     def train_dataset(self) -> GCDTrainDataset:
         return GCDTrainDataset(self.splits.train_labelled, self.splits.train_unlabelled,
                                TwoViews(self.train_transform), self.splits.image_source,
-                               skip_corrupt=self.skip_corrupt)
+                               skip_corrupt=self.skip_corrupt, train_images=self.train_images)
 
     def train_sampler(self) -> WeightedEpochSampler:
         return WeightedEpochSampler(len(self.splits.train_labelled),
                                     len(self.splits.train_unlabelled), seed=self.seed, keyed=True)
 
-    def _loader(self, dataset: Dataset, batch_size: int, split: str, **kwargs) -> DataLoader:
-        return DataLoader(dataset, batch_size=batch_size, num_workers=self.num_workers,
-                          pin_memory=self.pin_memory, persistent_workers=self.persistent_workers,
+    def _loader(self, dataset: Dataset, batch_size: int, split: str, num_workers: int | None = None,
+                **kwargs) -> DataLoader:
+        num_workers = self.num_workers if num_workers is None else num_workers
+        return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=self.pin_memory,
+                          persistent_workers=self.persistent_workers and num_workers > 0,
                           collate_fn=collate_for(split, self.skip_corrupt),
                           generator=self.loader_generator(), **kwargs)
 
     def train_dataloader(self) -> DataLoader:
         sampler = self.position_sampler(self.train_sampler(), self.batch_size)
-        return self._loader(self.train_dataset(), self.batch_size, "train", sampler=sampler,
-                            drop_last=True)
+        dataset = self.train_dataset()
+        workers = self.prepare_train_images(dataset.items, self.num_workers)
+        return self._loader(dataset, self.batch_size, "train", workers, sampler=sampler, drop_last=True)
 
     def eval_dataset(self, items: Sequence[Datum]) -> GCDEvalDataset:
         return GCDEvalDataset(items, self.test_transform, self.n_old, self.splits.image_source,

@@ -32,7 +32,8 @@ def gcd_datamodule(cfg, image_size: int) -> GCDDataModule:
         split_follows_seed=d.split_follows_seed, image_size=image_size, batch_size=d.batch_size,
         eval_batch_size=d.eval_batch_size, num_workers=d.num_workers, normalization=d.normalization,
         pin_memory=torch.cuda.is_available(), persistent_workers=d.num_workers > 0,
-        skip_corrupt=d.skip_corrupt, max_corrupt_fraction=d.max_corrupt_fraction)
+        skip_corrupt=d.skip_corrupt, max_corrupt_fraction=d.max_corrupt_fraction,
+        pipeline=d.pipeline, cache_memory_fraction=d.cache_memory_fraction)
 
 
 def read_concepts(name_or_path: str, key: str) -> list[str]:

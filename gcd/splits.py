@@ -23,6 +23,7 @@ from PIL import Image
 
 from clipcore.config import ConfigError
 from clipcore.data import DataError, Datum, load_image
+from clipcore.data.image_cache import file_dimensions
 
 # The reference reseeds with 0 inside `subsample_instances`, whatever --seed says.
 REFERENCE_SPLIT_SEED = 0
@@ -33,6 +34,10 @@ class FileImageSource:
 
     def __call__(self, path: str) -> Image.Image:
         return load_image(path)
+
+    @staticmethod
+    def dimensions(path: str) -> tuple[int, int]:
+        return file_dimensions(path)
 
     def __repr__(self) -> str:
         return "FileImageSource()"
@@ -62,6 +67,10 @@ class ArrayImageSource:
             raise DataError(f"image {path!r} does not belong to the in-memory source "
                             f"{self.tag!r} (parts {sorted(self.arrays)})")
         return Image.fromarray(self.arrays[part][int(row)], mode="RGB")
+
+    def dimensions(self, path: str) -> tuple[int, int]:
+        height, width = self.arrays[path.rsplit(":", 2)[1]].shape[1:3]
+        return width, height
 
     def __repr__(self) -> str:
         sizes = {part: len(a) for part, a in self.arrays.items()}

@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch.utils.data import DataLoader
 
+from .augment import dassl_augmentation
 from .corrupt import collate_for
 from .dataset import ImageDataset
 from .records import DataError, DatasetSplits, Datum
@@ -46,8 +47,11 @@ class ClassificationDataModule(ResumableDataModule):
         pin_memory: bool | None = None,
         skip_corrupt: bool = False,
         max_corrupt_fraction: float = 0.01,
+        pipeline: str = "cpu",
+        cache_memory_fraction: float = 0.5,
     ):
-        super().__init__(seed=seed, skip_corrupt=skip_corrupt, max_corrupt_fraction=max_corrupt_fraction)
+        super().__init__(seed=seed, skip_corrupt=skip_corrupt, max_corrupt_fraction=max_corrupt_fraction,
+                         pipeline=pipeline, cache_memory_fraction=cache_memory_fraction)
         if not isinstance(splits, DatasetSplits):
             raise TypeError(f"splits must be DatasetSplits, got {type(splits).__name__}")
         self.splits = splits
@@ -59,6 +63,8 @@ class ClassificationDataModule(ResumableDataModule):
         self.train_transform = train_transform or build_transform(
             True, image_size, mean, std, min_crop_scale=min_crop_scale)
         self.eval_transform = eval_transform or build_transform(False, image_size, mean, std)
+        self.train_images = self.make_train_images(dassl_augmentation(image_size, mean, std, min_crop_scale),
+                                                   "image", custom_transform=train_transform is not None)
         self.image_size = int(image_size)
         self.mean, self.std = mean, std
         # A test-time method may replace the test split's transform and batch size (TPT: the
@@ -78,15 +84,16 @@ class ClassificationDataModule(ResumableDataModule):
         return self.splits.sizes()
 
     def _loader(self, items: list[Datum], transform, batch_size: int, sampler, drop_last: bool,
-                split: str) -> DataLoader:
+                split: str, train_images=None, num_workers: int | None = None) -> DataLoader:
+        num_workers = self.num_workers if num_workers is None else num_workers
         return DataLoader(
-            ImageDataset(items, transform, skip_corrupt=self.skip_corrupt),
+            ImageDataset(items, transform, skip_corrupt=self.skip_corrupt, train_images=train_images),
             batch_size=batch_size,
             sampler=sampler,
-            num_workers=self.num_workers,
+            num_workers=num_workers,
             pin_memory=self.pin_memory,
             drop_last=drop_last,
-            persistent_workers=self.num_workers > 0,
+            persistent_workers=num_workers > 0,
             collate_fn=collate_for(split, self.skip_corrupt),
             generator=self.loader_generator(),
         )
@@ -99,7 +106,9 @@ class ClassificationDataModule(ResumableDataModule):
         sampler = EpochSeededSampler(len(items), seed=self.seed, shuffle=True, keyed=True)
         self.position_sampler(sampler, self.batch_size)
         drop_last = len(sampler) >= self.batch_size if self.drop_last is None else self.drop_last
-        return self._loader(items, self.train_transform, self.batch_size, sampler, drop_last, "train")
+        workers = self.prepare_train_images(items, self.num_workers)
+        return self._loader(items, self.train_transform, self.batch_size, sampler, drop_last, "train",
+                            self.train_images, workers)
 
     def _eval_loader(self, items: list[Datum], split: str, transform=None, batch_size: int | None = None) -> DataLoader:
         sampler = EpochSeededSampler(len(items), seed=self.seed, shuffle=False, pad=False, keyed=transform is not None)

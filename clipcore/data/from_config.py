@@ -49,6 +49,8 @@ def classification_datamodule(cfg, image_size: int, stats: tuple | None = None,
         seed=cfg.seed,
         skip_corrupt=data.skip_corrupt,
         max_corrupt_fraction=data.max_corrupt_fraction,
+        pipeline=data.pipeline,
+        cache_memory_fraction=data.cache_memory_fraction,
     )
 
 

@@ -2,12 +2,17 @@
 taken, and the corrupt-image accounting shared by the classification and GCD datamodules."""
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Optional
 
 import lightning as L
 import torch
 
+from .augment import TrainAugmentation
 from .corrupt import CorruptImageTracker
+from .pipeline import TrainImages, check_pipeline
+from .readers import load_image
+from .records import DataError, Datum
 from .sampling import ResumableSampler
 
 
@@ -32,13 +37,18 @@ class ResumableDataModule(L.LightningDataModule):
     training loader), and which drops and counts skipped corrupt images before batches move to
     the device."""
 
-    def __init__(self, *, seed: int, skip_corrupt: bool = False, max_corrupt_fraction: float = 0.01):
+    def __init__(self, *, seed: int, skip_corrupt: bool = False, max_corrupt_fraction: float = 0.01,
+                 pipeline: str = "cpu", cache_memory_fraction: float = 0.5):
         super().__init__()
         self.seed = int(seed)
         self.skip_corrupt = skip_corrupt
         self.max_corrupt_fraction = float(max_corrupt_fraction)
         self.corrupt: Optional[CorruptImageTracker] = None
         self._resume: Optional[dict[str, int]] = None
+        self.pipeline = check_pipeline(pipeline)
+        self.cache_memory_fraction = float(cache_memory_fraction)
+        # The training images' cache and device augmentation (``cached`` and ``gpu`` pipelines).
+        self.train_images: Optional[TrainImages] = None
 
     # -- resume -------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -71,4 +81,26 @@ class ResumableDataModule(L.LightningDataModule):
             self.corrupt = CorruptImageTracker(self.split_sizes(), self.max_corrupt_fraction)
 
     def on_before_batch_transfer(self, batch, dataloader_idx: int):
-        return self.corrupt.record(batch)[0] if self.corrupt is not None else batch
+        if self.corrupt is not None:
+            batch = self.corrupt.record(batch)[0]
+        return self.train_images.on_device(batch) if self.train_images is not None else batch
+
+    # -- input pipelines ----------------------------------------------------------------------
+    def make_train_images(self, augmentation: TrainAugmentation, key: str, load: Callable = load_image,
+                          custom_transform: bool = False) -> Optional[TrainImages]:
+        """The ``cached`` / ``gpu`` pipeline's train images (None under ``cpu``)."""
+        if self.pipeline == "cpu":
+            return None
+        if custom_transform:
+            raise DataError(f"data.pipeline={self.pipeline} applies the built-in train augmentation; "
+                            f"a custom train transform needs data.pipeline=cpu")
+        return TrainImages(self.pipeline, augmentation, key=key, load=load, skip_corrupt=self.skip_corrupt)
+
+    def prepare_train_images(self, items: Sequence[Datum], threads: int) -> int:
+        """Cache the training images (on the training device under ``gpu``); the loader's worker
+        count: none under ``gpu``, where the loader only draws crop boxes."""
+        if self.train_images is None:
+            return threads
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        self.train_images.prepare(items, device, self.cache_memory_fraction, threads)
+        return threads if self.train_images.workers_needed else 0
