@@ -30,6 +30,9 @@ from .splits import REFERENCE_SPLIT_SEED, FileImageSource, GCDSplits, ImageSourc
 
 # Names of the `val_dataloader()` loaders, by dataloader_idx.
 VAL_LOADER_NAMES = ("unlabelled", "test")
+# A training batch's labelled rows, found on the host before the batch moves (``is_labelled`` on
+# the device would make the step wait for the device to count them).
+LABELLED_INDEX_KEY = "labelled_index"
 
 
 class TwoViews:
@@ -187,6 +190,12 @@ class GCDDataModule(ResumableDataModule):
                           persistent_workers=self.persistent_workers and num_workers > 0,
                           collate_fn=collate_for(split, self.skip_corrupt),
                           generator=self.loader_generator(), **kwargs)
+
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        batch = super().on_before_batch_transfer(batch, dataloader_idx)
+        if isinstance(batch, dict) and "is_labelled" in batch:
+            batch[LABELLED_INDEX_KEY] = batch["is_labelled"].nonzero().squeeze(1)
+        return batch
 
     def train_dataloader(self) -> DataLoader:
         sampler = self.position_sampler(self.train_sampler(), self.batch_size)

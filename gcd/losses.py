@@ -100,12 +100,13 @@ def info_nce_logits(features: torch.Tensor, n_views: int = 2, temperature: float
     same = image.unsqueeze(0) == image.unsqueeze(1)
     feats = F.normalize(features.float(), dim=1)
     similarity = feats @ feats.T
-    off_diagonal = ~torch.eye(rows, dtype=torch.bool, device=features.device)
-    same = same[off_diagonal].view(rows, -1)
-    similarity = similarity[off_diagonal].view(rows, -1)
-    positives = similarity[same].view(rows, -1)
-    negatives = similarity[~same].view(rows, -1)
-    logits = torch.cat([positives, negatives], dim=1) / temperature
+    # Each row's columns without itself, positives (its other views) first, then negatives, each
+    # in column order: the reference's boolean masks, as a gather whose size is known on the host
+    # (a boolean mask makes the host wait for the device to count its elements).
+    column = torch.arange(rows, device=features.device)
+    group = torch.where(same, 0, 1).masked_fill_(column.unsqueeze(0) == column.unsqueeze(1), 2)
+    order = (group * rows + column).argsort(dim=1)[:, :rows - 1]
+    logits = similarity.gather(1, order) / temperature
     return logits, torch.zeros(rows, dtype=torch.long, device=features.device)
 
 
@@ -151,15 +152,17 @@ class GCDLoss:
         self.n_views = n_views
 
     def __call__(self, proj, logits, labels, labelled_mask, epoch, *, student_rep=None,
-                 teacher_rep=None) -> dict[str, torch.Tensor]:
+                 teacher_rep=None, labelled_index=None) -> dict[str, torch.Tensor]:
         return gcd_total_loss(proj, logits, labels, labelled_mask, epoch, config=self.config,
-                              n_views=self.n_views, student_rep=student_rep, teacher_rep=teacher_rep)
+                              n_views=self.n_views, student_rep=student_rep, teacher_rep=teacher_rep,
+                              labelled_index=labelled_index)
 
 
 def gcd_total_loss(proj: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor,
                    labelled_mask: torch.Tensor, epoch: int, *, config: GCDLossConfig | None = None,
                    n_views: int = 2, student_rep: torch.Tensor | None = None,
-                   teacher_rep: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                   teacher_rep: torch.Tensor | None = None,
+                   labelled_index: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """All terms and their weighted sum ``loss``, as the reference's training step.
 
     proj [V·B, d]: projection-head output (contrastive branch); logits [V·B, C]: cosine
@@ -168,6 +171,8 @@ def gcd_total_loss(proj: torch.Tensor, logits: torch.Tensor, labels: torch.Tenso
 
     Returned terms are unweighted (``memax`` is L_memax, not w·L_memax); ``loss`` is the total.
     With no labelled image in the batch L_cls and L_supcon are 0 (the reference gets NaN).
+    ``labelled_index``: the positions of ``labelled_mask`` (``GCDDataModule`` finds them on the
+    host, before the batch moves: read from a device mask, they would be a host sync).
     """
     cfg = config or GCDLossConfig(memax_weight=1.0)
     views = n_views
@@ -175,17 +180,18 @@ def gcd_total_loss(proj: torch.Tensor, logits: torch.Tensor, labels: torch.Tenso
     if logits.shape[0] != views * batch or proj.shape[0] != views * batch:
         raise ValueError(f"expected {views}×{batch} rows in proj/logits, got "
                          f"{proj.shape[0]} and {logits.shape[0]}")
-    labelled_mask = labelled_mask.bool()
+    if labelled_index is None:
+        labelled_index = labelled_mask.bool().nonzero().squeeze(1)
     scaled = logits.float() / cfg.student_temp
     zero = logits.sum() * 0.0  # keeps the graph connected when a term is empty
 
-    n_labelled = int(labelled_mask.sum())
-    if n_labelled:
-        sup_logits = torch.cat([chunk[labelled_mask] for chunk in scaled.chunk(views)])
-        sup_labels = labels[labelled_mask].repeat(views)
+    if labelled_index.numel():
+        labelled_index = labelled_index.to(logits.device)
+        sup_logits = torch.cat([chunk[labelled_index] for chunk in scaled.chunk(views)])
+        sup_labels = labels[labelled_index].repeat(views)
         cls = F.cross_entropy(sup_logits, sup_labels)
-        sup_proj = torch.stack([chunk[labelled_mask] for chunk in proj.float().chunk(views)], 1)
-        supcon = supcon_loss(F.normalize(sup_proj, dim=-1), labels[labelled_mask],
+        sup_proj = torch.stack([chunk[labelled_index] for chunk in proj.float().chunk(views)], 1)
+        supcon = supcon_loss(F.normalize(sup_proj, dim=-1), labels[labelled_index],
                              cfg.supcon_temperature, cfg.supcon_temperature)
     else:
         cls = supcon = zero

@@ -23,6 +23,7 @@ from clipcore.export import ExportError
 from clipcore.module import ClipMethodModule
 from clipcore.schedule import optimizer_with_schedule
 from clipcore.teacher import cached_text_features
+from gcd.datamodule import LABELLED_INDEX_KEY
 from gcd.heads import ConceptProjection, DINOHead
 from gcd.losses import GCDLoss
 from gcd.metrics import GCDAccuracy, confusion_matrix, matched_predictions, plot_confusion
@@ -143,7 +144,7 @@ class GCDModule(ClipMethodModule):
             teacher = teacher.repeat(views, 1)  # the centre-crop representation for every view
         return self.loss(out["proj"], out["logits"], batch["label"], batch["is_labelled"],
                          self.current_epoch, student_rep=out.get("rep") if self.distill else None,
-                         teacher_rep=teacher)
+                         teacher_rep=teacher, labelled_index=batch.get(LABELLED_INDEX_KEY))
 
     def training_step(self, batch, batch_idx):
         terms = self.compute_losses(batch)

@@ -189,3 +189,48 @@ def test_total_loss_without_labelled_images_is_finite():
     assert torch.isfinite(logits.grad).all()
     with pytest.raises(ValueError, match="rows"):
         gcd_total_loss(proj[:6], logits[:6], labels, torch.ones(4, dtype=torch.bool), 0)
+
+
+def _reference_info_nce_logits(features, n_views, temperature):
+    """SimGCD's ``info_nce_logits`` (boolean masks), for n_views views."""
+    b = features.shape[0] // n_views
+    labels = torch.cat([torch.arange(b) for _ in range(n_views)], dim=0)
+    labels = (labels.unsqueeze(0) == labels.unsqueeze(1)).float()
+    features = F.normalize(features, dim=1)
+    similarity_matrix = torch.matmul(features, features.T)
+    mask = torch.eye(labels.shape[0], dtype=torch.bool)
+    labels = labels[~mask].view(labels.shape[0], -1)
+    similarity_matrix = similarity_matrix[~mask].view(similarity_matrix.shape[0], -1)
+    positives = similarity_matrix[labels.bool()].view(labels.shape[0], -1)
+    negatives = similarity_matrix[~labels.bool()].view(similarity_matrix.shape[0], -1)
+    return torch.cat([positives, negatives], dim=1) / temperature
+
+
+@pytest.mark.parametrize("views", [2, 3])
+def test_info_nce_logits_are_the_references_boolean_mask_layout_exactly(views):
+    features = torch.randn(5 * views, 8)
+    logits, _ = info_nce_logits(features, views, temperature=0.7)
+    assert torch.equal(logits, _reference_info_nce_logits(features, views, 0.7))
+
+
+def test_the_gcd_loss_needs_no_host_sync_given_the_labelled_rows():
+    from host_syncs import HostSyncs
+
+    batch, views = 8, 2
+    proj = torch.randn(views * batch, 16, requires_grad=True)
+    logits = torch.randn(views * batch, 6, requires_grad=True)
+    student, teacher = torch.randn(views * batch, 10, requires_grad=True), torch.randn(views * batch, 10)
+    labels, labelled = torch.randint(0, 3, (batch,)), torch.rand(batch) < 0.5
+    config = GCDLossConfig(memax_weight=1.0)
+
+    def loss(**index):
+        return gcd_total_loss(proj, logits, labels, labelled, 0, config=config, student_rep=student,
+                              teacher_rep=teacher, **index)["loss"]
+    index = labelled.nonzero().squeeze(1)  # on the host, before the batch moves (GCDDataModule)
+    with HostSyncs() as syncs:
+        fast = loss(labelled_index=index)
+        fast.backward()
+    assert syncs.ops == []
+    with HostSyncs() as syncs:  # the detector does see the mask path
+        slow = loss()
+    assert syncs.ops and torch.equal(fast, slow)
