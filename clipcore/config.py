@@ -170,6 +170,10 @@ class TrainerConfig:
     gradient_clip_val: Optional[float] = None
     accumulate_grad_batches: int = 1
     enable_progress_bar: bool = True
+    # torch.compile the residual blocks of the frozen towers (and the student's), with this
+    # backend (inductor; aot_eager traces without generating code).
+    compile: bool = False
+    compile_backend: str = "inductor"
 
 
 @dataclass

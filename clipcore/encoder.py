@@ -84,6 +84,22 @@ class FrozenEncoder(nn.Module):
             p.requires_grad_(False)
         return self
 
+    # ----- compilation -----
+    def compile_blocks(self, backend: str = "inductor") -> int:
+        """``torch.compile`` every residual block of both towers, in place; returns how many.
+
+        Regional compilation: one graph per block (a few shapes: the text buckets' lengths), the
+        state dict's keys unchanged (``nn.Module.compile`` keeps the module), and whatever runs
+        between blocks (deep prompts, hooks) stays eager. A model without residual-block lists
+        (e.g. a ResNet tower) is compiled whole.
+        """
+        lists = [module for name, module in self.model.named_modules()
+                 if isinstance(module, nn.ModuleList) and name.split(".")[-1] in ("resblocks", "blocks")]
+        targets = [block for blocks in lists for block in blocks] or [self.model]
+        for target in targets:
+            target.compile(backend=backend)
+        return len(targets)
+
     # ----- identity -----
     def fingerprint(self, refresh: bool = False) -> str:
         """sha256 (16 hex chars) of name, tag, architecture and every parameter/buffer byte.

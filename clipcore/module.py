@@ -56,6 +56,12 @@ class ClipMethodModule(L.LightningModule):
         """Frozen towers whose fingerprints guard checkpoints, e.g. {"student": ..., "teacher": ...}."""
         return {}
 
+    def compile_blocks(self, backend: str) -> None:
+        """``trainer.compile``: compile the residual blocks of every backbone (Backbone.compile_blocks)."""
+        for role, backbone in self.backbones().items():
+            log.info("trainer.compile: %d blocks of the %s (%s) compiled with %s",
+                     backbone.compile_blocks(backend), role, backbone.name, backend)
+
     def extra_state_keys(self) -> set[str]:
         """State-dict keys kept in checkpoints although they are not trainable parameters."""
         return set()

@@ -112,6 +112,8 @@ def train(cfg: DictConfig, plan: Optional[RunPlan] = None) -> Path:
         return plan.run_dir
     L.seed_everything(cfg.seed, workers=True)
     module, datamodule = build_method(cfg)
+    if cfg.trainer.compile:
+        module.compile_blocks(cfg.trainer.compile_backend)
     run_dir = plan.run_dir or plan.new_dir or new_run_dir(cfg.output_dir, cfg.experiment)
     run_dir.mkdir(parents=True, exist_ok=True)
     rank_zero = launch_rank() == 0
