@@ -3,6 +3,11 @@ step after the first read nothing from the device and index nothing by a boolean
 the CPU with ``host_syncs.HostSyncs`` (what ``torch.cuda.set_sync_debug_mode("error")`` would stop
 on a GPU). The first step may read caches from disk; the non-finite-loss check reads one number
 per ``trainer.log_every_n_steps`` (set beyond the run here), outside the step.
+
+One read is kept on purpose: KDPL-CA's top-K classes change every step, and grouping their prompts
+by length (``kdpl.prompts.layout.length_buckets``) reads the histogram of their lengths (at most
+77 integers). Without it the K prompts would be padded to the dictionary's longest: 2.5x the
+tokens (its prompts average 9.75 tokens, the longest 24).
 """
 from __future__ import annotations
 
@@ -61,4 +66,5 @@ def test_training_steps_after_the_first_do_not_sync_with_the_host(cell, inputs, 
     monkeypatch.setattr(Closure, "closure", recorded)
     runner.train(cfg)
     assert len(syncs_per_step) == 4
-    assert syncs_per_step[1:] == [[], [], []]
+    expected = ["aten.bincount.default", "Tensor.tolist"] if "kdpl_ca" in cell else []
+    assert syncs_per_step[1:] == [expected] * 3
