@@ -188,3 +188,64 @@ def test_both_placeholders_fill_the_class_name():
 def test_a_v01_zero_shot_template_becomes_a_template_list():
     cfg = load_config(base={"method": "zeroshot", "zeroshot": {"model": "student", "template": "a {} photo."}})
     assert list(cfg.zeroshot.templates) == ["a {} photo."]
+
+
+# -- merging cost: one merge of the combined pieces, schemas built once ----------------------------
+PROMPT_METHODS = ["coop", "cocoop", "vpt", "maple", "promptsrc", "promptsrc_xd", "kgcoop", "clip_lora"]
+COMPOSED = (
+    [[f"method/{m}.yaml", f"objective/{o}.yaml"] for m in PROMPT_METHODS
+     for o in ("supervised", "kdpl", "kdpl_ca", "upl", "promptkd")]
+    + [["method/coop.yaml", "objective/kdpl.yaml", "eval/tpt.yaml", "trainer/ddp.yaml", "backbone/rn50.yaml",
+        "data/oxford_pets.yaml"]]
+    + [[str(p.relative_to(CONFIG_DIR))] for p in sorted((CONFIG_DIR / "experiment").glob("*.yaml"))]
+)
+OVERRIDES = ["trainer.max_epochs=3", "seed=7", "optim.lr=1e-3"]
+TEMPLATE = "data.template=a photo of: {}."  # YAML reads it as a mapping: kept as text
+
+
+def _piece_by_piece(cfg, pieces, combined):
+    from clipcore import config
+
+    for piece in pieces:
+        cfg = config._apply(cfg, piece)
+    return cfg
+
+
+@pytest.mark.parametrize("files", COMPOSED, ids=lambda f: "+".join(Path(x).stem for x in f))
+def test_one_merge_of_the_combined_pieces_equals_merging_them_one_by_one(files, monkeypatch):
+    from clipcore import config
+
+    paths = [CONFIG_DIR / f for f in files]
+    overrides = OVERRIDES + ([] if "gcd" in files[0] else [TEMPLATE])
+    applied = []
+    real_apply = config._apply
+    monkeypatch.setattr(config, "_apply", lambda cfg, piece: applied.append(piece) or real_apply(cfg, piece))
+    fast = load_config(paths, overrides)
+    fast_stored = load_config([], ["trainer.max_epochs=9"], base=fast)
+    assert applied == []  # the single merge was taken, not the fallback
+    monkeypatch.setattr(config, "merge_pieces", _piece_by_piece)
+    slow = load_config(paths, overrides)
+    assert to_plain(fast) == to_plain(slow)
+    assert to_plain(fast_stored) == to_plain(load_config([], ["trainer.max_epochs=9"], base=slow))
+    assert fast.trainer.max_epochs == 3 and fast_stored.trainer.max_epochs == 9
+
+
+def test_a_failing_merge_still_names_the_file_at_fault(tmp_path):
+    good = write(tmp_path / "good.yaml", "trainer:\n  max_epochs: 3\n")
+    bad = write(tmp_path / "bad.yaml", "trainer:\n  max_epochs: many\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml.*trainer\.max_epochs"):
+        load_config([good, bad], ["seed=3"])
+    with pytest.raises(ConfigError, match=r"override 'trainer\.nope=1'"):
+        load_config([good], ["trainer.nope=1"])
+
+
+def test_schemas_are_built_once_and_handed_out_as_copies():
+    from clipcore import config
+
+    first = config.schema("coop", {"objective": {"name": "kdpl"}})
+    first.trainer.max_epochs = 123
+    first.data.batch_size = 1
+    again = config.schema("coop", {"objective": {"name": "kdpl"}})
+    assert again.trainer.max_epochs != 123 and again.data.batch_size != 1
+    assert config._shared_schema("coop", {"objective": {"name": "kdpl"}}) is config._shared_schema(
+        "coop", {"objective": {"name": "kdpl"}})
