@@ -12,6 +12,12 @@ os.environ["WANDB_MODE"] = "disabled"
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+# Under pytest-xdist (the default: see addopts in pyproject.toml) the workers share the cores:
+# each worker, and every subprocess it starts, gets its share of intra-op threads, set before
+# torch is imported. Oversubscribed threads on two cores made the tiny models' steps slower.
+_XDIST_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _XDIST_WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _XDIST_WORKERS)))
 
 TESTS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = TESTS_DIR.parent
@@ -68,8 +74,13 @@ def shared_assets() -> Path:
 @pytest.fixture(scope="session", autouse=True)
 def synthetic_cache(tmp_path_factory):
     """One clipcore cache ($CLIPCORE_CACHE_DIR) for the whole session: the test-profile synthetic
-    CLIPs are pretrained at most once, and no test reads or writes the user's ~/.cache."""
-    root = tmp_path_factory.mktemp("clipcore-cache")
+    CLIPs are pretrained at most once, and no test reads or writes the user's ~/.cache.
+
+    The xdist workers share it (the folder above each worker's base temp): the synthetic bundles
+    are built under a file lock and every cache file is written by atomic rename."""
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "clipcore-cache"
+    root.mkdir(exist_ok=True)
     mp = pytest.MonkeyPatch()
     mp.setenv("CLIPCORE_CACHE_DIR", str(root))
     yield root
