@@ -72,14 +72,16 @@ def shared_assets() -> Path:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def synthetic_cache(tmp_path_factory):
+def synthetic_cache(tmp_path_factory, request):
     """One clipcore cache ($CLIPCORE_CACHE_DIR) for the whole session: the test-profile synthetic
     CLIPs are pretrained at most once, and no test reads or writes the user's ~/.cache.
 
     The xdist workers share it (the folder above each worker's base temp): the synthetic bundles
     are built under a file lock and every cache file is written by atomic rename."""
     base = tmp_path_factory.getbasetemp()
-    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "clipcore-cache"
+    # (workerinput exists on xdist's workers only; a pytest that a test starts inherits their
+    # environment but is not one of them.)
+    root = (base.parent if hasattr(request.config, "workerinput") else base) / "clipcore-cache"
     root.mkdir(exist_ok=True)
     mp = pytest.MonkeyPatch()
     mp.setenv("CLIPCORE_CACHE_DIR", str(root))

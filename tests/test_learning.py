@@ -24,7 +24,7 @@ from clipdistill import demo
 PROFILE = demo.PROFILES["quick"]
 # The module fixture (pretraining both test models, then every method) runs inside the first
 # test's timeout: about 90 s alone, but over 300 s measured on a CPU shared with another job.
-pytestmark = pytest.mark.timeout(1200)
+pytestmark = [pytest.mark.timeout(1200), pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

@@ -173,6 +173,7 @@ def test_fast_dev_run(tmp_path, data):
     assert not ckpt.exists() or torch.load(ckpt, weights_only=True)["global_step"] == 1
 
 
+@pytest.mark.slow
 def test_ddp_two_cpu_processes(tmp_path, data):
     args = overrides(data, tmp_path / "runs", trainer__max_epochs=1)
     env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
