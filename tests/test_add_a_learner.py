@@ -121,8 +121,8 @@ def test_train_py_trains_the_new_learner(copy, tmp_path):
 
 
 def test_the_contract_tests_cover_the_new_learner(copy):
-    result = run(copy, "-m", "pytest", "-n", "0", "-p", "no:cacheprovider", "-W", "ignore", "-rA", "tests/test_prompts.py",
-                 "tests/test_kdpl_methods.py", "-k", "biased_coop", timeout=900)
+    result = run(copy, "-m", "pytest", "-n", "0", "-p", "no:cacheprovider", "-W", "ignore", "-rA",
+                 "tests/test_prompts.py", "tests/test_kdpl_methods.py", "-k", "biased_coop", timeout=900)
     assert result.returncode == 0, result.stdout[-3000:]
     passed = {line.split()[1] for line in result.stdout.splitlines() if line.startswith("PASSED ")}
     from kdpl.config import declared_objectives
