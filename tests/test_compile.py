@@ -28,13 +28,17 @@ def _learned(run_dir) -> dict:
     return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
 
 
-@pytest.mark.parametrize("cell", ["coop+kdpl", "maple+kdpl", "spectralgcd"])
+# coop+kdpl@bf16: under bf16-mixed the frozen towers' matmul weights are swapped for bf16 copies
+# during each step (and back outside it): the compiled blocks must see the copies, not stale fp32.
+@pytest.mark.parametrize("cell", ["coop+kdpl", "coop+kdpl@bf16", "maple+kdpl", "spectralgcd"])
 def test_compiled_blocks_train_as_the_eager_ones(cell, tmp_path, monkeypatch):
-    compiled_blocks = []
+    cell, _, precision = cell.partition("@")
+    compiled_blocks, modules = [], []
     build = runner.build_method
 
     def spy(cfg):
         module, datamodule = build(cfg)
+        modules.append(module)
         compile_blocks = module.compile_blocks
         module.compile_blocks = lambda backend: compiled_blocks.append(backend) or compile_blocks(backend)
         return module, datamodule
@@ -42,6 +46,8 @@ def test_compiled_blocks_train_as_the_eager_ones(cell, tmp_path, monkeypatch):
 
     def train(compile: bool):
         settings = {"trainer__compile": compile, "trainer__compile_backend": "aot_eager"}
+        if precision:
+            settings["trainer__precision"] = "bf16-mixed"
         out = tmp_path / str(compile)
         if cell == "spectralgcd":
             return runner.train(load_config([CONFIG_DIR / "method" / "spectralgcd.yaml"], gcd_overrides(
@@ -55,6 +61,7 @@ def test_compiled_blocks_train_as_the_eager_ones(cell, tmp_path, monkeypatch):
     torch._dynamo.utils.counters.clear()
     compiled = _learned(train(True))
     assert compiled_blocks == ["aot_eager"]
+    assert (modules[-1]._compute_copies is not None) == bool(precision)  # the bf16 copies were in use
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0  # the blocks ran as graphs
     assert eager.keys() == compiled.keys() and eager
     for key in eager:
