@@ -505,7 +505,8 @@ def load_config(files: Sequence[str | Path] = (), overrides: Sequence[str] = (),
     method = raw.get("method", RunConfig.method)
     if not isinstance(method, str):
         raise ConfigError(f"config key 'method' must be a method name, got {method!r}")
-    cfg = merge_pieces(schema(method, raw), pieces, raw)
+    # No copy of the shared schema: OmegaConf.merge copies its first argument.
+    cfg = merge_pieces(_shared_schema(method, raw), pieces, raw)
     _check_templates(cfg)
     return cfg
 
@@ -515,9 +516,10 @@ def merge_pieces(cfg: DictConfig, pieces: Sequence[_Piece], combined: Mapping) -
     replace earlier ones, mappings merge key by key, as OmegaConf merges).
 
     One merge of ``combined`` gives the same config as merging the pieces one by one (tested on
-    every shipped config) at a fraction of the cost: each OmegaConf merge copies the whole
-    config. Only when it fails are the pieces merged one by one, so that the error names the file
-    or override at fault (and an override YAML misreads is retried as text)."""
+    every shipped config) at a fraction of the cost: each OmegaConf merge copies the whole config
+    (so ``cfg`` itself is never modified). Only when it fails are the pieces merged one by one, so
+    that the error names the file or override at fault (and an override YAML misreads is retried
+    as text)."""
     try:
         return OmegaConf.merge(cfg, combined)
     except OmegaConfBaseException:
