@@ -15,7 +15,7 @@ WHAT = ("methods", "datasets", "models", "templates", "configs")
 
 
 def list_methods() -> list[str]:
-    from clipcore.config import family_of
+    from clipcore.config_schema import family_of
     from clipcore.registry import list_methods as registered
     from kdpl.config import declared_objectives
 

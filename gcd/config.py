@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from clipcore.config import DataConfig, MethodFamily, register_method_family
+from clipcore.config_schema import DataConfig, MethodFamily, register_method_family
 from clipcore.templates import fill
 
 GENERIC_TEMPLATE = "a photo of a {} ."

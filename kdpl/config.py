@@ -15,8 +15,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Optional
 
-from clipcore.config import ClassificationData, ConfigError, MethodFamily, register_method_family
+from clipcore.config_schema import ClassificationData, MethodFamily, register_method_family
 from clipcore.declarations import Declaration, find_declarations
+from clipcore.errors import ConfigError
 
 DEFAULT_OBJECTIVE = "supervised"
 

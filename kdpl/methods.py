@@ -5,7 +5,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from clipcore.build import backbone_from_config, encoder_from_config, uses_own_preprocessing
-from clipcore.config import BackboneConfig, ConfigError, to_plain
+from clipcore.config import ConfigError, to_plain
+from clipcore.config_schema import BackboneConfig
 from clipcore.data.from_config import classification_datamodule, dataset_template
 from clipcore.data.transforms import resolve_normalization
 from clipcore.image_adapter import ImageAdapter

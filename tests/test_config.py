@@ -240,12 +240,12 @@ def test_a_failing_merge_still_names_the_file_at_fault(tmp_path):
 
 
 def test_schemas_are_built_once_and_handed_out_as_copies():
-    from clipcore import config
+    from clipcore import config_schema as config
 
     first = config.schema("coop", {"objective": {"name": "kdpl"}})
     first.trainer.max_epochs = 123
     first.data.batch_size = 1
     again = config.schema("coop", {"objective": {"name": "kdpl"}})
     assert again.trainer.max_epochs != 123 and again.data.batch_size != 1
-    assert config._shared_schema("coop", {"objective": {"name": "kdpl"}}) is config._shared_schema(
+    assert config.shared_schema("coop", {"objective": {"name": "kdpl"}}) is config.shared_schema(
         "coop", {"objective": {"name": "kdpl"}})
