@@ -12,7 +12,7 @@ from typing import Optional
 import open_clip
 from torch import nn
 
-from clipcore.backbone import ClipBackbone, _read_config
+from clipcore.backbone import ClipBackbone, read_model_config
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ def save_local_dir(backbone_or_model: nn.Module, config: Optional[dict], path: s
         if not is_backbone:
             raise ValueError("config is required when saving a bare open_clip model")
         config = backbone_or_model.model_cfg
-    model_cfg, _ = _read_config(config)
+    model_cfg, _ = read_model_config(config)
     preprocess = dict(open_clip.get_model_preprocess_cfg(model))
     preprocess.setdefault("size", model_cfg["vision_cfg"].get("image_size", 224))
     preprocess.setdefault("mean", list(open_clip.OPENAI_DATASET_MEAN))

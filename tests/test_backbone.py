@@ -277,7 +277,7 @@ def test_custom_text_tower_refused(tiny_clip_config):
 
 
 def test_registered_resolvers_serve_their_names(backbone, tokens, tmp_path, monkeypatch):
-    from clipcore import backbone as backbone_module
+    from clipcore.backbone import loading as backbone_module
 
     bundle = save_local_dir(backbone, None, tmp_path / "zoo-student")
     calls = []

@@ -329,11 +329,7 @@ class PromptLearner(nn.Module):
         The reference appends input-level visual prompts *before* `ln_pre`; the backbone's block
         hook runs after it, and LayerNorm is per token, so normalising the prompts here is exact.
         """
-        norm = getattr(self.backbone, "vision_pre_norm", None)
-        if norm is not None:
-            return norm(tokens)
-        # TODO(lead): replace by ClipBackbone.vision_pre_norm (only backbone.py should know this).
-        return self.backbone.model.visual.ln_pre(tokens)
+        return self.backbone.vision_pre_norm(tokens)
 
     def encode_images(self, images: Tensor) -> Tensor:
         """Unnormalised image features; prompted learners override."""
