@@ -62,6 +62,38 @@ def epoch_rate(datamodule, device: torch.device) -> tuple[float, float]:
     return build, images / (time.perf_counter() - start)
 
 
+FAMILIES = ("SimGCD, 2 views", "Dassl, 1 view")
+PIPELINES = ("cpu", "cached", "gpu")
+
+
+def pipeline_rates(root: Path, items: list[Datum], device: torch.device, *, image_size: int = 224,
+                   num_workers: int = 0) -> list[dict]:
+    """One training epoch of ``items`` (written by :func:`write_photos` under ``root``) through
+    each family's datamodule under each pipeline: the cache build's seconds and samples/s."""
+    splits = DatasetSplits(items, [], items[:2], ["c0", "c1"])
+    (root / "splits.json").write_text('{"known_classes": ["c0"]}')
+    rows = []
+    for family in FAMILIES:
+        for pipeline in PIPELINES:
+            # gpu: the loader only draws crop boxes, so it runs in the main process.
+            workers = 0 if pipeline == "gpu" else num_workers
+            if family.startswith("SimGCD"):
+                datamodule = GCDDataModule.from_name("image_folder", str(root), image_size=image_size, batch_size=32,
+                                                     num_workers=workers, pin_memory=False, seed=0,
+                                                     pipeline=pipeline)
+            else:
+                datamodule = ClassificationDataModule(splits, batch_size=32, image_size=image_size, seed=0,
+                                                      num_workers=workers, pipeline=pipeline)
+            if pipeline == "gpu" and device.type != "cpu":
+                datamodule.prepare_train_images = (  # noqa: E731 - the cache on --device
+                    lambda items, threads, dm=datamodule: dm.train_images.prepare(
+                        items, device, dm.cache_memory_fraction, threads) or 0)
+            build, rate = epoch_rate(datamodule, device)
+            rows.append({"family": family, "pipeline": pipeline, "workers": workers, "cache_build_s": build,
+                         "samples_per_s": rate})
+    return rows
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=96)
@@ -69,28 +101,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     torch.set_num_threads(1)
-    rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        items = write_photos(Path(tmp), args.images)
-        splits = DatasetSplits(items, [], items[:2], ["c0", "c1"])
-        for family in ("SimGCD, 2 views", "Dassl, 1 view"):
-            base = None
-            for pipeline in ("cpu", "cached", "gpu"):
-                if family.startswith("SimGCD"):
-                    (Path(tmp) / "splits.json").write_text('{"known_classes": ["c0"]}')
-                    datamodule = GCDDataModule.from_name("image_folder", tmp, image_size=224, batch_size=32,
-                                                         num_workers=0, pin_memory=False, seed=0,
-                                                         pipeline=pipeline)
-                else:
-                    datamodule = ClassificationDataModule(splits, batch_size=32, image_size=224, seed=0,
-                                                          num_workers=0, pipeline=pipeline)
-                if pipeline == "gpu" and device.type != "cpu":
-                    datamodule.prepare_train_images = (  # noqa: E731 - the cache on --device
-                        lambda items, threads, dm=datamodule: dm.train_images.prepare(
-                            items, device, dm.cache_memory_fraction, threads) or 0)
-                build, rate = epoch_rate(datamodule, device)
-                base = base or rate
-                rows.append(f"| {family} | {pipeline} | {build:.2f} | {rate:,.0f} | {rate / base:.1f}x |")
+        measured = pipeline_rates(Path(tmp), write_photos(Path(tmp), args.images), device)
+    base = {r["family"]: r["samples_per_s"] for r in measured if r["pipeline"] == "cpu"}
+    rows = [f"| {r['family']} | {r['pipeline']} | {r['cache_build_s']:.2f} | {r['samples_per_s']:,.0f} | "
+            f"{r['samples_per_s'] / base[r['family']]:.1f}x |" for r in measured]
     table = "\n".join([
         f"Training loader, one process, {args.images} JPEG photos 500x375 -> 224 px, device {device}",
         "(python benchmarks/bench_pipelines.py)", "",

@@ -15,8 +15,10 @@ Per row: images/s (median of timed steps, after warm-up), GFLOPs per step (count
 device), MFU (FLOPs per second over a bf16 matmul ceiling measured here first; fp32 on a CPU),
 peak GPU memory, and the GPU's busy fraction (kernel time / wall time over profiled steps). On
 the GPU the KDPL steps run with the frozen towers' bf16 copies (`clipcore.compute_dtype`) and the
-student under bf16 autocast. Loader throughput: each family's shipped training transform (GCD: two
-views) on generated JPEGs, with the GPU config's 8 workers. Writes
+student under bf16 autocast. Loader throughput: each family's training datamodule (SimGCD: two
+views; Dassl: one) under each `data.pipeline` (cpu, cached, and gpu with its cache on the device)
+on generated 500 x 375 JPEGs, with the GPU config's 8 workers (gpu: none, its loader only draws
+crop boxes). Writes
 benchmarks/results/gpu_suite_<preset>_<device>.{json,md}.
 """
 from __future__ import annotations
@@ -35,7 +37,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks import bench_gcd, bench_kdpl  # noqa: E402
+from benchmarks import bench_gcd, bench_kdpl, bench_pipelines  # noqa: E402
 from benchmarks._common import class_lists, machine_description, markdown_table, meta_mode, scaled_config  # noqa: E402
 from clipcore.backbone import load_backbone  # noqa: E402
 from clipcore.compute_dtype import FrozenComputeCopies  # noqa: E402
@@ -46,10 +48,11 @@ PRESETS = {
                  loader_images=512, workers=8),
     # The code path of "full" at toy sizes: 9 student blocks (MaPLe's and PromptSRC's prompt
     # depth), a 2-block teacher; FLOP counting on the meta device dominates its time on a CPU.
+    # 40 loader images: more than one batch of 32 (training loaders drop an incomplete last batch).
     "tiny": dict(student="ViT-B-32-quickgelu", teacher="ViT-B-16-quickgelu", width_div=16, image_size=64,
                  student_layers=9, teacher_layers=2,
                  teacher_patch=32, batch=2, cocoop_batch=1, n_classes=12, dict_size=48, k=6, zs_templates=1,
-                 gcd_batch=2, gcd_k=16, gcd_n=32, gcd_classes=8, loader_images=8, workers=0),
+                 gcd_batch=2, gcd_k=16, gcd_n=32, gcd_classes=8, loader_images=40, workers=0),
 }
 # (row, learner, KDPL-CA, shipped batch; None: the preset's tiny batch)
 KDPL_ROWS = [("CoOp+KDPL", "coop", False, 32), ("CoOp+KDPL-CA", "coop", True, 32), ("MaPLe+KDPL", "maple", False, 4),
@@ -203,42 +206,17 @@ def finish(out: dict, images_per_step: int) -> dict:
 
 
 # ----- input pipelines -------------------------------------------------------------------------
-def loader_throughput(p: dict) -> dict[str, float]:
-    """Images/s of each family's shipped training transform, decoding generated JPEGs."""
-    from PIL import Image
-    from torch.utils.data import DataLoader, Dataset
-
-    from clipcore.data.transforms import build_gcd_transform, build_train_transform
-    from gcd.datamodule import TwoViews
-
-    class Folder(Dataset):
-        def __init__(self, paths, transform):
-            self.paths, self.transform = paths, transform
-
-        def __len__(self):
-            return len(self.paths)
-
-        def __getitem__(self, i):
-            with Image.open(self.paths[i]) as image:
-                return self.transform(image.convert("RGB"))
-
-    size, rng = p["image_size"], np.random.default_rng(0)
-    out = {}
+def loader_throughput(p: dict, device: torch.device) -> list[dict]:
+    """Each family's training loader under each ``data.pipeline`` (cpu, cached, gpu with its cache on
+    ``device``): samples/s over one epoch of generated 500 x 375 JPEG photos, and the cache build."""
     with tempfile.TemporaryDirectory() as tmp:
-        paths = []
-        for i in range(p["loader_images"]):  # ImageNet-like 500 x 375 photos (noise: the worst case for JPEG)
-            path = Path(tmp) / f"{i}.jpg"
-            Image.fromarray(rng.integers(0, 256, (375, 500, 3), dtype=np.uint8)).save(path, quality=90)
-            paths.append(path)
-        for family, transform, views in (("kdpl", build_train_transform(size), 1),
-                                         ("gcd", TwoViews(build_gcd_transform(True, size)), 2)):
-            loader = DataLoader(Folder(paths, transform), batch_size=max(1, min(64, len(paths))),
-                                num_workers=p["workers"])
-            start = time.perf_counter()
-            n = sum(len(batch) for batch in loader)
-            out[family] = views * n / (time.perf_counter() - start)
-            print(f"  loader {family}: {out[family]:.0f} img/s ({p['workers']} workers)", flush=True)
-    return out
+        items = bench_pipelines.write_photos(Path(tmp), p["loader_images"])
+        rows = bench_pipelines.pipeline_rates(Path(tmp), items, device, image_size=p["image_size"],
+                                              num_workers=p["workers"])
+    for row in rows:
+        print(f"  loader {row['family']}, {row['pipeline']}: {row['samples_per_s']:,.0f} samples/s "
+              f"({row['workers']} workers)", flush=True)
+    return rows
 
 
 def markdown(results: dict) -> str:
@@ -252,10 +230,12 @@ def markdown(results: dict) -> str:
             for r in results["rows"]]
     table = markdown_table(["step", "images/step", "img/s", "reference img/s", "speed-up", "GFLOP/step",
                             "reference GFLOP/step", "MFU", "peak GiB", "GPU busy %"], rows)
-    loaders = ", ".join(f"{k} {v:,.0f} img/s" for k, v in results["loader_images_per_s"].items())
+    loaders = markdown_table(["training loader", "data.pipeline", "workers", "samples/s", "cache build s"],
+                             [[r["family"], r["pipeline"], r["workers"], f"{r['samples_per_s']:,.0f}",
+                               f"{r['cache_build_s']:.2f}"] for r in results["loaders"]])
     return (f"# Training-step throughput, preset `{results['preset']}` on {results['device']}\n\n"
-            f"{results['machine']}\n\nMatmul ceiling: {results['matmul_ceiling_tflops']:.4g} TFLOP/s. "
-            f"Loaders ({results['workers']} workers): {loaders}.\n\n{table}\n")
+            f"{results['machine']}\n\nMatmul ceiling: {results['matmul_ceiling_tflops']:.4g} TFLOP/s.\n\n"
+            f"{table}\n\n{loaders}\n")
 
 
 def main(argv=None) -> int:
@@ -274,7 +254,7 @@ def main(argv=None) -> int:
     print(f"matmul ceiling {ceiling / 1e12:.4g} TFLOP/s", flush=True)
     results = {"preset": args.preset, "device": str(device), "machine": machine_description(device),
                "matmul_ceiling_tflops": ceiling / 1e12, "workers": p["workers"],
-               "loader_images_per_s": loader_throughput(p),
+               "loaders": loader_throughput(p, device),
                "rows": kdpl_rows(p, device, args, ceiling) + [gcd_row(p, device, args, ceiling)]}
     results["seconds"] = time.perf_counter() - started
     args.out.mkdir(parents=True, exist_ok=True)

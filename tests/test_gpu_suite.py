@@ -21,7 +21,10 @@ def test_the_gpu_suite_runs_every_row_with_the_tiny_preset(tmp_path, monkeypatch
             assert row[key]["peak_memory_gib"] is None and row[key]["busy_fraction"] is None  # GPU only
     for label, *_ in gpu_suite.KDPL_ROWS:  # the KDPL optimisations save FLOPs (GCD's save memory and time)
         assert rows[label]["now"]["gflops_per_step"] < rows[label]["reference"]["gflops_per_step"]
-    assert set(results["loader_images_per_s"]) == {"kdpl", "gcd"}
-    assert all(v > 0 for v in results["loader_images_per_s"].values())
+    from benchmarks.bench_pipelines import FAMILIES, PIPELINES
+
+    loaders = {(r["family"], r["pipeline"]): r for r in results["loaders"]}
+    assert set(loaders) == {(f, p) for f in FAMILIES for p in PIPELINES}
+    assert all(r["samples_per_s"] > 0 for r in loaders.values())
     table = (tmp_path / "gpu_suite_tiny_cpu.md").read_text()
-    assert "| CoOp+KDPL-CA |" in table and "| SpectralGCD |" in table
+    assert "| CoOp+KDPL-CA |" in table and "| SpectralGCD |" in table and "| SimGCD, 2 views | gpu |" in table
