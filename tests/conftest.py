@@ -33,6 +33,10 @@ from clipdistill.app import register_config_sections  # noqa: E402
 # Every method family's config schema, as the entry points register it (light: no torch).
 register_config_sections()
 
+# The prompt-learner test modules' shared fixtures (`tiny`, `images`); a module that defines its
+# own fixture of the same name uses its own.
+pytest_plugins = ["prompt_learners"]
+
 
 def _refuse_network(*args, **kwargs):
     raise OSError("network access is disabled in tests")

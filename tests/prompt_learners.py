@@ -1,5 +1,7 @@
-"""What the prompt-learner tests share: the tiny backbone, a few images, a learner built with
-its own tiny-tower settings, and learned tensors moved off their init."""
+"""What the prompt-learner tests share: the tiny backbone and a few images (fixtures, registered
+by conftest.py), a learner built with its own tiny-tower settings, and learned
+tensors moved off their init."""
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -10,12 +12,14 @@ CLASSNAMES = ["cat", "golden_retriever", "sea lion", "hot-air balloon", "x"]
 ALL = sorted(PROMPT_LEARNERS)
 
 
-def tiny_backbone(config):
+@pytest.fixture(scope="module")
+def tiny(tiny_clip_config):
     torch.manual_seed(0)
-    return load_backbone("tiny", config=config).freeze().eval()
+    return load_backbone("tiny", config=tiny_clip_config).freeze().eval()
 
 
-def random_images():
+@pytest.fixture(scope="module")
+def images():
     return torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 
 

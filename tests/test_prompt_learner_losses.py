@@ -3,22 +3,12 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from prompt_learners import CLASSNAMES, build, perturb, random_images, tiny_backbone
+from prompt_learners import CLASSNAMES, build, perturb
 
 from clipcore.config import ConfigError
 from clipcore.templates import PROMPTSRC_TEMPLATES
 from kdpl.prompts import gaussian_weights
 from kdpl.prompts.gpa import PromptAggregator
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_clip_config):
-    return tiny_backbone(tiny_clip_config)
-
-
-@pytest.fixture(scope="module")
-def images():
-    return random_images()
 
 
 # ----- PromptSRC -----

@@ -2,20 +2,9 @@
 same logits and gradients as every prompt padded to the longest, and no host read in the step."""
 import pytest
 import torch
-from prompt_learners import ALL, CLASSNAMES, build, perturb, random_images, tiny_backbone
+from prompt_learners import ALL, CLASSNAMES, build, perturb
 
 from clipcore.backbone import load_backbone
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_clip_config):
-    return tiny_backbone(tiny_clip_config)
-
-
-@pytest.fixture(scope="module")
-def images():
-    return random_images()
-
 
 
 @pytest.mark.parametrize("name", ["coop", "cocoop", "maple", "promptsrc"])

@@ -3,22 +3,12 @@ class-list changes, learned-state round trips, deep-prompt hooks (spec kdpl.md Â
 import pytest
 import torch
 import torch.nn.functional as F
-from prompt_learners import ALL, CLASSNAMES, build, n_params, perturb, random_images, tiny_backbone, zero_shot_logits
+from prompt_learners import ALL, CLASSNAMES, build, n_params, perturb, zero_shot_logits
 
 from clipcore.backbone import load_backbone
 from clipcore.config import ConfigError
 from kdpl.prompts import build_prompt_learner
 from kdpl.prompts.hooks import deep_text_hook, deep_vision_hook
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_clip_config):
-    return tiny_backbone(tiny_clip_config)
-
-
-@pytest.fixture(scope="module")
-def images():
-    return random_images()
 
 
 # ----- counts (invariant 10) -----
