@@ -138,7 +138,9 @@ class RunCheckpoint(Checkpoint):
         return self.stop.requested
 
     def save(self, trainer) -> None:
-        trainer.save_checkpoint(self.path)
+        # The full state (optimiser, loops, callbacks): resume continues exactly. Said explicitly,
+        # else Lightning logs that it assumed so at every save.
+        trainer.save_checkpoint(self.path, weights_only=False)
         self._saved_at = time.monotonic()
         if trainer.is_global_zero:
             record_checkpoint(self.run_dir, training_position(trainer)["epoch"], trainer.global_step, self.path)
