@@ -69,19 +69,23 @@ def build_loggers(cfg, run_dir: Path, config_dict: dict, attempt: int = 0) -> li
     if mode != "disabled":
         from lightning.pytorch.loggers import WandbLogger
 
-        loggers.append(
-            WandbLogger(
-                project=cfg.logger.wandb.project,
-                entity=cfg.logger.wandb.entity,
-                name=f"{cfg.experiment}/{run_dir.name}",
-                save_dir=str(run_dir),
-                id=wandb_run_id(run_dir, rank_zero=launch_rank() == 0),
-                resume="allow",
-                mode=mode,
-                tags=list(cfg.logger.wandb.tags),
-                config=config_dict,
-            )
+        wandb_logger = WandbLogger(
+            project=cfg.logger.wandb.project,
+            entity=cfg.logger.wandb.entity,
+            name=f"{cfg.experiment}/{run_dir.name}",
+            save_dir=str(run_dir),
+            id=wandb_run_id(run_dir, rank_zero=launch_rank() == 0),
+            resume="allow",
+            mode=mode,
+            tags=list(cfg.logger.wandb.tags),
+            config=config_dict,
         )
+        # Lightning always passes wandb.init(anonymous=None), which wandb >= 0.19 answers with
+        # "WARNING The anonymous setting has no effect" in every run: leave the setting unset.
+        init_kwargs = getattr(wandb_logger, "_wandb_init", {})
+        if "anonymous" in init_kwargs and init_kwargs["anonymous"] is None:
+            del init_kwargs["anonymous"]
+        loggers.append(wandb_logger)
         if mode == "offline":
             log.info("W&B is offline: upload later with `wandb sync %s/wandb/offline-run-*`", run_dir)
     return loggers

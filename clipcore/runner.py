@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 # Lightning warns on every mid-epoch resume unless the DataLoader itself is stateful; here the
 # datamodule carries the position (clipcore.data.resume), so the resume is exact.
 warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
+# Lightning's own pytree helper builds LeafSpec(), which torch >= 2.10 deprecates: a warning per
+# fit and per test that no setting of ours can act on.
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
 def trainer_kwargs(cfg: DictConfig) -> dict:
