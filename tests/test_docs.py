@@ -36,3 +36,59 @@ def test_every_shipped_config_name_given_to_dash_c_exists():
              if not name.startswith(("configs/", "/", "."))}
     assert {"trainer/cpu.yaml", "method/coop.yaml"} <= named
     assert sorted(n for n in named if find_config_file(n) is None) == []
+
+
+# -- the README's commands ----------------------------------------------------------------------
+COMMAND = re.compile(r"(\./run\.sh python (train|eval)\.py|clipdistill (train|eval|filter)|"
+                     r"\./run\.sh python -m gcd\.filter)\s")
+# The resume section writes "-c <same files>" for the command just before it.
+SAME_FILES = "configs/experiment/b2n_coop_kdpl_vit_b32_pets.yaml"
+
+
+def readme_commands() -> list[str]:
+    """Every train / eval / filter command in the README's code blocks, continuation lines joined
+    and trailing comments dropped."""
+    commands, block, inside = [], [], False
+    for line in (REPO / "README.md").read_text().splitlines():
+        if line.startswith("```"):
+            if inside:
+                for joined in re.sub(r"\\\n\s*", " ", "\n".join(block)).splitlines():
+                    joined = re.split(r"\s+#", joined)[0].strip()
+                    if COMMAND.match(joined + " "):
+                        commands.append(joined)
+            block, inside = [], not inside
+        elif inside:
+            block.append(line)
+    return commands
+
+
+def config_of(command: str) -> tuple[list[str], list[str]]:
+    """The ``-c`` files and ``key=value`` overrides of a command line."""
+    import shlex
+
+    words = shlex.split(command.replace("-c <same files>", f"-c {SAME_FILES}"))
+    files = [words[i + 1] for i, w in enumerate(words) if w in ("-c", "--config")]
+    overrides = [w for w in words if "=" in w and not w.startswith("-")]
+    return files, overrides
+
+
+def test_the_readme_commands_give_valid_configs():
+    """Every train / eval / filter command in the README, as printed, names existing configs and
+    only keys its method reads, with values of the right type (checked without running it)."""
+    from clipcore.config import ConfigError
+    from clipdistill.app import load_run_config
+
+    commands = readme_commands()
+    assert len(commands) >= 25 and any("<same files>" in c for c in commands)
+    checked, failures = 0, []
+    for command in commands:
+        if any(flag in command.split() for flag in ("--ckpt", "--export", "--help")):
+            continue  # their config comes from a checkpoint or an export
+        files, overrides = config_of(command)
+        try:
+            load_run_config(files, overrides)
+            checked += 1
+        except ConfigError as exc:
+            failures.append(f"{command}\n    {exc}")
+    assert not failures, "\n".join(failures)
+    assert checked >= 20
