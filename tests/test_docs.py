@@ -45,41 +45,52 @@ COMMAND = re.compile(r"(\./run\.sh python (train|eval)\.py|clipdistill (train|ev
 SAME_FILES = "configs/experiment/b2n_coop_kdpl_vit_b32_pets.yaml"
 
 
+def commands_in(text: str) -> list[str]:
+    """The train / eval / filter commands of a code block: continuation lines joined, trailing
+    comments dropped."""
+    lines = (re.split(r"\s+#", line)[0].strip() for line in re.sub(r"\\\n\s*", " ", text).splitlines())
+    return [line for line in lines if COMMAND.match(line + " ")]
+
+
 def readme_commands() -> list[str]:
-    """Every train / eval / filter command in the README's code blocks, continuation lines joined
-    and trailing comments dropped."""
     commands, block, inside = [], [], False
     for line in (REPO / "README.md").read_text().splitlines():
         if line.startswith("```"):
             if inside:
-                for joined in re.sub(r"\\\n\s*", " ", "\n".join(block)).splitlines():
-                    joined = re.split(r"\s+#", joined)[0].strip()
-                    if COMMAND.match(joined + " "):
-                        commands.append(joined)
+                commands += commands_in("\n".join(block))
             block, inside = [], not inside
         elif inside:
             block.append(line)
     return commands
 
 
+def help_text_commands() -> list[str]:
+    """The examples of the command-line help texts (the clipdistill modules' docstrings)."""
+    import ast
+
+    return [c for path in sorted((REPO / "clipdistill").rglob("*.py"))
+            for c in commands_in(ast.get_docstring(ast.parse(path.read_text())) or "")]
+
+
 def config_of(command: str) -> tuple[list[str], list[str]]:
     """The ``-c`` files and ``key=value`` overrides of a command line."""
     import shlex
 
-    words = shlex.split(command.replace("-c <same files>", f"-c {SAME_FILES}"))
+    words = shlex.split(command.replace("-c <same files>", f"-c {SAME_FILES}").replace("-c ...", f"-c {SAME_FILES}"))
     files = [words[i + 1] for i, w in enumerate(words) if w in ("-c", "--config")]
     overrides = [w for w in words if "=" in w and not w.startswith("-")]
     return files, overrides
 
 
-def test_the_readme_commands_give_valid_configs():
-    """Every train / eval / filter command in the README, as printed, names existing configs and
-    only keys its method reads, with values of the right type (checked without running it)."""
+def test_the_commands_of_the_readme_and_the_help_texts_give_valid_configs():
+    """Every train / eval / filter command in the README and in the help texts, as printed, names
+    existing configs and only keys its method reads, with values of the right type (checked
+    without running it)."""
     from clipcore.config import ConfigError
     from clipdistill.app import load_run_config
 
-    commands = readme_commands()
-    assert len(commands) >= 25 and any("<same files>" in c for c in commands)
+    commands = readme_commands() + help_text_commands()
+    assert len(commands) >= 35 and any("<same files>" in c for c in commands)
     checked, failures = 0, []
     for command in commands:
         if any(flag in command.split() for flag in ("--ckpt", "--export", "--help")):
@@ -91,4 +102,4 @@ def test_the_readme_commands_give_valid_configs():
         except ConfigError as exc:
             failures.append(f"{command}\n    {exc}")
     assert not failures, "\n".join(failures)
-    assert checked >= 20
+    assert checked >= 25
