@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from clipcore.build import encoder_from_config, uses_own_preprocessing
 from clipcore.classnames import prompts_for
 from clipcore.config import ConfigError, to_plain
-from clipcore.data.from_config import classification_datamodule, dataset_template
+from clipcore.data.from_config import classification_datamodule, dataset_template, read_splits
 from clipcore.encoder import FrozenEncoder
 from clipcore.evaluation import ClassificationScores, PredictionRecorder, classification_eval_step
 from clipcore.module import ClipMethodModule
@@ -101,7 +101,8 @@ def build_zeroshot(cfg):
                                   dataset_template(cfg), "zeroshot.templates")
     section = cfg[cfg.zeroshot.model]
     own = uses_own_preprocessing(section, cfg.zeroshot.model)
+    splits = read_splits(cfg.data, cfg.seed)  # before the model: a wrong dataset fails at once
     encoder = encoder_from_config(section)
     stats = (encoder.image_mean, encoder.image_std) if own else None
-    datamodule = classification_datamodule(cfg, encoder.image_size, stats)
+    datamodule = classification_datamodule(cfg, encoder.image_size, stats, splits=splits)
     return ZeroShotModule(to_plain(cfg), encoder, templates, datamodule.classnames), datamodule

@@ -6,7 +6,7 @@ The code lives in `gcd.splits` (records, remapping, labelled draw), `gcd.dataset
 """
 from clipcore.data import build_gcd_transform
 
-from .datamodule import VAL_LOADER_NAMES, GCDDataModule, GCDEvalDataset, GCDTrainDataset, TwoViews
+from .datamodule import VAL_LOADER_NAMES, GCDDataModule, GCDEvalDataset, GCDTrainDataset, TwoViews, read_gcd_splits
 from .dataset_registry import GCDDatasetInfo, get_gcd_dataset, list_gcd_datasets, load_gcd_splits, register_gcd_dataset
 from .datasets import gcd_image_folder, imagenet_100_class_indices
 from .fgvc_datasets import ssb_class_split
@@ -26,6 +26,6 @@ __all__ = [
     "GCDDataModule", "GCDDatasetInfo", "GCDEvalDataset", "GCDSplits", "GCDTrainDataset",
     "RawGCDData", "TwoViews", "WeightedEpochSampler", "build_gcd_transform",
     "gcd_image_folder", "gcd_sample_weights", "get_gcd_dataset", "imagenet_100_class_indices",
-    "list_gcd_datasets", "load_gcd_splits", "make_gcd_splits", "register_gcd_dataset",
+    "list_gcd_datasets", "load_gcd_splits", "make_gcd_splits", "read_gcd_splits", "register_gcd_dataset",
     "ssb_class_split", "subsample_instances",
 ]

@@ -113,6 +113,15 @@ class GCDEvalDataset(Dataset):
         return sample
 
 
+def read_gcd_splits(name: str, root: str | os.PathLike, *, prop_train_labels: float = 0.5, seed: int = 0,
+                    split_follows_seed: bool = False, reader_options: dict | None = None) -> GCDSplits:
+    """Registered dataset `name` read from `root`. The labelled split uses the reference's fixed
+    seed 0 unless `split_follows_seed`, then the run `seed`."""
+    split_seed = seed if split_follows_seed else REFERENCE_SPLIT_SEED
+    return load_gcd_splits(name, root, prop_train_labels=prop_train_labels, split_seed=split_seed,
+                           **(reader_options or {}))
+
+
 class GCDDataModule(ResumableDataModule):
     """Train / evaluation loaders of a `GCDSplits`.
 
@@ -152,11 +161,9 @@ class GCDDataModule(ResumableDataModule):
     def from_name(cls, name: str, root: str | os.PathLike, *, prop_train_labels: float = 0.5,
                   seed: int = 0, split_follows_seed: bool = False,
                   reader_options: dict | None = None, **kwargs) -> GCDDataModule:
-        """Read registered dataset `name` from `root`. The labelled split uses the reference's
-        fixed seed 0 unless `split_follows_seed`, then the run `seed`."""
-        split_seed = seed if split_follows_seed else REFERENCE_SPLIT_SEED
-        splits = load_gcd_splits(name, root, prop_train_labels=prop_train_labels,
-                                 split_seed=split_seed, **(reader_options or {}))
+        """Read registered dataset `name` from `root` (see :func:`read_gcd_splits`)."""
+        splits = read_gcd_splits(name, root, prop_train_labels=prop_train_labels, seed=seed,
+                                 split_follows_seed=split_follows_seed, reader_options=reader_options)
         return cls(splits, seed=seed, **kwargs)
 
     @property

@@ -17,7 +17,7 @@ from clipcore.config import ConfigError, to_plain
 from clipcore.data import DataError
 from clipcore.registry import register_method
 from gcd.config import GCD_METHODS, concept_prompts, memax_weight, prompt_template
-from gcd.data import GCDDataModule
+from gcd.data import GCDDataModule, GCDSplits, read_gcd_splits
 from gcd.losses import GCDLoss
 from gcd.module import GCDModule
 from gcd.teacher_cache import teacher_representations
@@ -25,11 +25,18 @@ from gcd.teacher_cache import teacher_representations
 log = logging.getLogger(__name__)
 
 
-def gcd_datamodule(cfg, image_size: int) -> GCDDataModule:
+def gcd_splits(cfg) -> GCDSplits:
     d = cfg.data
-    return GCDDataModule.from_name(
-        d.name, d.root, prop_train_labels=d.prop_train_labels, seed=cfg.seed,
-        split_follows_seed=d.split_follows_seed, image_size=image_size, batch_size=d.batch_size,
+    return read_gcd_splits(d.name, d.root, prop_train_labels=d.prop_train_labels, seed=cfg.seed,
+                           split_follows_seed=d.split_follows_seed)
+
+
+def gcd_datamodule(cfg, image_size: int, splits: GCDSplits | None = None) -> GCDDataModule:
+    """``splits``: already read (:func:`build_gcd` reads them before loading a model)."""
+    d = cfg.data
+    return GCDDataModule(
+        splits if splits is not None else gcd_splits(cfg), seed=cfg.seed, image_size=image_size,
+        batch_size=d.batch_size,
         eval_batch_size=d.eval_batch_size, num_workers=d.num_workers, normalization=d.normalization,
         pin_memory=torch.cuda.is_available(), persistent_workers=d.num_workers > 0,
         skip_corrupt=d.skip_corrupt, max_corrupt_fraction=d.max_corrupt_fraction,
@@ -122,11 +129,12 @@ def gcd_module(cfg, student, classnames: list[str], n_old: int, **kwargs) -> GCD
 
 
 def build_gcd(cfg):
+    splits = gcd_splits(cfg)  # the data first: a wrong dataset fails before a model loads (or downloads)
     student = backbone_from_config(cfg.student)
     if not 0 <= cfg.gcd.trainable_blocks <= (student.n_vision_blocks or 0):
         raise ConfigError(f"gcd.trainable_blocks={cfg.gcd.trainable_blocks}: expected 0 to the student's "
                           f"{student.n_vision_blocks} vision blocks")
-    datamodule = gcd_datamodule(cfg, cfg.data.image_size or student.image_size)
+    datamodule = gcd_datamodule(cfg, cfg.data.image_size or student.image_size, splits)
     kwargs = {}
     if cfg.method == "spectralgcd":
         concepts = training_concepts(cfg.gcd, datamodule.splits.old_classnames)

@@ -7,7 +7,7 @@ from pathlib import Path
 from clipcore.build import backbone_from_config, encoder_from_config, uses_own_preprocessing
 from clipcore.config import ConfigError, to_plain
 from clipcore.config_schema import BackboneConfig
-from clipcore.data.from_config import classification_datamodule, dataset_template
+from clipcore.data.from_config import classification_datamodule, dataset_template, read_splits
 from clipcore.data.transforms import resolve_normalization
 from clipcore.image_adapter import ImageAdapter
 from clipcore.registry import register_method
@@ -25,9 +25,10 @@ from kdpl.tpt import TPTViews, uses_augmix
 def build_prompt_method(cfg):
     """Student, datamodule, learner and objective of ``cfg``, in one module."""
     teacher_preprocess = "model" if uses_own_preprocessing(cfg.teacher, "teacher") else "data"
+    # The data first: a wrong dataset name or folder is reported before a model loads (or downloads).
+    splits = read_splits(cfg.data, cfg.seed, sample_train=objective_class(cfg.objective.name).samples_training_shots)
     student = backbone_from_config(cfg.student)
-    datamodule = classification_datamodule(cfg, student.image_size,
-                                           sample_train=objective_class(cfg.objective.name).samples_training_shots)
+    datamodule = classification_datamodule(cfg, student.image_size, splits=splits)
     classnames = datamodule.classnames
     objective = build_objective(cfg.objective, classnames, dataset_template(cfg))
     learner = build_prompt_learner(cfg.method, student.freeze(), classnames, learner_settings(cfg))

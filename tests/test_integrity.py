@@ -2,7 +2,8 @@
 
 Checkpoint files (truncated, bit-flipped, text, safetensors, a folder), a corrupt last.ckpt with
 an intact previous one, empty class folders, corrupt images (stop, or skip and count), caches
-whose bytes changed, class lists that differ, and SLURM's requeue path.
+whose bytes changed, class lists that differ, SLURM's requeue path, and a wrong dataset, which
+is reported before any model loads.
 """
 from __future__ import annotations
 
@@ -259,3 +260,27 @@ def test_time_based_checkpoints_are_due_after_the_interval(monkeypatch):
     assert callback._due(trainer)
     steps = checkpointing.RunCheckpoint(Path("run"), StopRequest(), every_n_steps=5)
     assert steps._due(trainer) and not steps._due(SimpleNamespace(global_step=6, strategy=None))
+
+
+# -- the data before the models -------------------------------------------------------------------
+@pytest.mark.parametrize("method, data", [
+    ("zeroshot", ["data.name=dtd"]), ("coop", ["data.name=dtd"]), ("coop", ["data.name=petz"]),
+    ("spectralgcd", ["data.name=image_folder", "gcd.concepts_csv=unused.csv"])],
+    ids=["zeroshot-missing-folder", "coop-missing-folder", "coop-unknown-name", "spectralgcd-missing-folder"])
+def test_a_wrong_dataset_is_reported_before_any_model_loads(method, data, tmp_path, monkeypatch):
+    """A model may be a multi-GB download (or minutes of retries offline): a misspelt dataset name
+    or a missing folder is reported first."""
+    import clipcore.zeroshot
+    import gcd.methods
+    import kdpl.methods
+    from clipcore.errors import UserError
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded before the dataset was read")
+
+    for module in (clipcore.zeroshot, gcd.methods, kdpl.methods):
+        for name in ("backbone_from_config", "encoder_from_config"):
+            monkeypatch.setattr(module, name, no_model, raising=False)
+    cfg = load_config([], [f"method={method}", *data, f"data.root={tmp_path / 'nowhere'}"])
+    with pytest.raises(UserError, match="petz" if "data.name=petz" in data else "nowhere"):
+        runner.build_method(cfg)

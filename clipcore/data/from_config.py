@@ -29,16 +29,19 @@ def read_splits(data_cfg, seed: int, info: DatasetInfo | None = None, sample_tra
 
 
 def classification_datamodule(cfg, image_size: int, stats: tuple | None = None,
-                              sample_train: bool = True) -> ClassificationDataModule:
+                              sample_train: bool = True, splits: DatasetSplits | None = None,
+                              ) -> ClassificationDataModule:
     """``image_size``: the model's, unless ``data.image_size`` is set. ``stats``: the model's own
     ``(mean, std)`` (``<model>.preprocess: model``): they replace ``data.normalization``, and
-    ``image_size`` is used whatever ``data.image_size`` says. ``sample_train``: see read_splits."""
+    ``image_size`` is used whatever ``data.image_size`` says. ``sample_train``: see read_splits.
+    ``splits``: already read (methods read them before loading any model: a wrong dataset name or
+    folder is then reported at once, not after a model download)."""
     data = cfg.data
     mean, std = stats if stats is not None else (data.normalization, None)
     size = image_size if stats is not None else (data.image_size or image_size)
-    # Read now: a missing folder or split file fails before a run folder exists.
+    # Read now at the latest: a missing folder or split file fails before a run folder exists.
     return ClassificationDataModule(
-        read_splits(data, cfg.seed, sample_train=sample_train),
+        splits if splits is not None else read_splits(data, cfg.seed, sample_train=sample_train),
         batch_size=data.batch_size,
         eval_batch_size=data.eval_batch_size,
         num_workers=data.num_workers,
