@@ -25,7 +25,7 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from clipcore.config_schema import RunConfig, family_of, method_families, shared_schema
+from clipcore.config_schema import VALUE_RANGES, RunConfig, family_of, method_families, shared_schema
 from clipcore.errors import ConfigError
 from clipcore.io import atomic_write_text
 
@@ -226,6 +226,7 @@ def load_config(files: Sequence[str | Path] = (), overrides: Sequence[str] = (),
     # No copy of the shared schema: OmegaConf.merge copies its first argument.
     cfg = merge_pieces(shared_schema(method, raw), pieces, raw)
     _check_templates(cfg)
+    _check_ranges(cfg)
     return cfg
 
 
@@ -261,6 +262,19 @@ def _check_templates(cfg: DictConfig, prefix: str = "") -> None:
             resolve_templates(plain, "{}", full)
         elif str(key).endswith("template") and isinstance(value, str):
             check_template(value, full)
+
+
+def _check_ranges(cfg: DictConfig) -> None:
+    """Every numeric key of :data:`VALUE_RANGES` the config has lies within its bounds."""
+    for key, (low, high, low_allowed) in VALUE_RANGES.items():
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is None or isinstance(value, bool):
+            continue
+        above = value >= low if low_allowed else value > low
+        if (low is not None and not above) or (high is not None and value > high):
+            lower = f"{'>=' if low_allowed else '>'} {low}" if low is not None else ""
+            expected = f"{lower} and <= {high}" if lower and high is not None else lower or f"<= {high}"
+            raise ConfigError(f"{key}={value}: expected a value {expected}")
 
 
 def upgrade_stored(plain: Mapping) -> dict:

@@ -195,6 +195,32 @@ class RunConfig:
 
 CORE_SECTIONS = frozenset(f.name for f in dataclasses.fields(RunConfig))
 
+# Bounds of numeric keys, checked when a config is loaded (a key the method does not read, or a
+# null, is skipped): (lowest, highest, whether the lowest itself is allowed). Without them a zero
+# batch size ended in a torch traceback and a negative shot count was taken silently.
+VALUE_RANGES: dict[str, tuple[Optional[float], Optional[float], bool]] = {
+    "data.batch_size": (1, None, True),
+    "data.eval_batch_size": (1, None, True),
+    "data.num_workers": (0, None, True),
+    "data.image_size": (1, None, True),
+    "data.num_shots": (0, None, True),
+    "data.min_crop_scale": (0, 1, False),
+    "data.max_corrupt_fraction": (0, 1, True),
+    "data.cache_memory_fraction": (0, 1, False),
+    "optim.lr": (0, None, True),
+    "optim.momentum": (0, 1, True),
+    "optim.weight_decay": (0, None, True),
+    "optim.warmup_epochs": (0, None, True),
+    "optim.warmup_lr": (0, None, True),
+    "optim.eta_min_ratio": (0, 1, True),
+    "trainer.max_epochs": (-1, None, True),  # -1: as many as trainer.max_steps takes (Lightning)
+    "trainer.max_steps": (-1, None, True),
+    "trainer.num_nodes": (1, None, True),
+    "trainer.log_every_n_steps": (1, None, True),
+    "trainer.accumulate_grad_batches": (1, None, True),
+    "checkpoint.every_n_epochs": (1, None, True),
+}
+
 
 @dataclass(frozen=True)
 class MethodFamily:

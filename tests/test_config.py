@@ -1,4 +1,5 @@
 """Config loading: merge order, includes, overrides, and errors that name the key and source."""
+import re
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,38 @@ def test_unknown_key_lists_valid_keys_and_names_file(tmp_path):
 def test_wrong_type_names_the_key():
     with pytest.raises(ConfigError, match=r"trainer\.max_epochs"):
         load_config([], ["trainer.max_epochs=lots"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.batch_size=0", "data.batch_size=0: expected a value >= 1"),
+    ("data.num_shots=-1", "data.num_shots=-1: expected a value >= 0"),
+    ("data.min_crop_scale=0", "data.min_crop_scale=0.0: expected a value > 0 and <= 1"),
+    ("data.max_corrupt_fraction=1.5", "data.max_corrupt_fraction=1.5: expected a value >= 0 and <= 1"),
+    ("optim.lr=-0.1", "optim.lr=-0.1: expected a value >= 0"),
+    ("trainer.max_epochs=-2", "trainer.max_epochs=-2: expected a value >= -1"),
+])
+def test_numbers_out_of_range_are_refused_naming_the_key_and_the_bound(override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config([CONFIG_DIR / "method" / "coop.yaml"], [override])
+
+
+def test_range_bounds_themselves_and_nulls_are_accepted():
+    cfg = load_config([CONFIG_DIR / "method" / "coop.yaml"], [
+        "data.batch_size=1", "data.num_shots=0", "data.min_crop_scale=1", "data.image_size=null",
+        "trainer.max_epochs=-1", "trainer.max_steps=100", "optim.lr=0"])
+    assert (cfg.data.batch_size, cfg.data.num_shots, cfg.data.image_size, cfg.trainer.max_epochs) == (1, 0, None, -1)
+    # A key the method does not read is not checked (GCD has no few-shot count).
+    assert "num_shots" not in load_config([CONFIG_DIR / "method" / "spectralgcd.yaml"]).data
+
+
+def test_a_zero_batch_size_stops_the_cli_with_one_line(tmp_path, capsys):
+    from clipdistill import train
+
+    assert train.main(["-c", str(CONFIG_DIR / "method" / "coop.yaml"), "data.batch_size=0",
+                       f"output_dir={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert "data.batch_size=0: expected a value >= 1" in err and "Traceback" not in err
+    assert not list(tmp_path.iterdir())  # nothing was started
 
 
 def test_override_without_equals_is_explained():
