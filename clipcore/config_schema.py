@@ -207,6 +207,7 @@ VALUE_RANGES: dict[str, tuple[Optional[float], Optional[float], bool]] = {
     "data.min_crop_scale": (0, 1, False),
     "data.max_corrupt_fraction": (0, 1, True),
     "data.cache_memory_fraction": (0, 1, False),
+    "data.prop_train_labels": (0, 1, False),  # GCD: the share of the known classes' images labelled
     "optim.lr": (0, None, True),
     "optim.momentum": (0, 1, True),
     "optim.weight_decay": (0, None, True),
