@@ -14,11 +14,17 @@ from clipcore.errors import DEBUG_ENV, USER_ERROR_EXIT, UserError, debug_enabled
 from clipcore.signals import RunPreempted
 
 
-class _NotFileOnly(logging.Filter):
-    """Records marked ``file_only`` (already printed by the entry point) stay out of stderr."""
+class ConsoleFilter(logging.Filter):
+    """Records marked ``file_only`` (already printed by the entry point) stay out of stderr, and
+    so does open_clip's chatter below a warning: it logs on the root logger ("Parsing tokenizer
+    identifier", "Loading pretrained ... weights", three lines per model), and our own loader
+    says in one line which model came from where."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not getattr(record, "file_only", False)
+        if getattr(record, "file_only", False):
+            return False
+        return not (record.name == "root" and record.levelno < logging.WARNING
+                    and f"{os.sep}open_clip{os.sep}" in record.pathname)
 
 
 def prepare_environment() -> None:
@@ -32,8 +38,8 @@ def prepare_environment() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
-            if not any(isinstance(f, _NotFileOnly) for f in handler.filters):
-                handler.addFilter(_NotFileOnly())
+            if not any(isinstance(f, ConsoleFilter) for f in handler.filters):
+                handler.addFilter(ConsoleFilter())
     # Lightning prints through its own handler; stop a second copy through the root logger.
     logging.getLogger("lightning.pytorch").propagate = False
 
