@@ -10,7 +10,9 @@ VENV="${CLIPDISTILL_VENV:-.venv}"
 STAMP="$VENV/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
 
 ensure_env() {
-  if [ -f "$STAMP" ] && "$VENV/bin/python" -c "import clipcore, open_clip, lightning" 2>/dev/null; then
+  # Found, not imported: importing Lightning alone takes seconds, on every ./run.sh command.
+  if [ -f "$STAMP" ] && "$VENV/bin/python" -c "import importlib.util as u, sys
+sys.exit(not all(u.find_spec(m) for m in ('clipcore', 'open_clip', 'lightning')))" 2>/dev/null; then
     return
   fi
   echo "setting up $VENV (first run only; torch is a large download)..." >&2

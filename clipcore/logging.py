@@ -7,43 +7,17 @@ run folder: its id is kept in ``<run>/wandb_id.txt`` and every resumed attempt a
 from __future__ import annotations
 
 import logging
-import netrc
-import os
 import uuid
 from pathlib import Path
 
 from lightning.pytorch.loggers import CSVLogger, Logger
 
-from clipcore.config import ConfigError
 from clipcore.rundir import launch_rank
+from clipcore.wandb_mode import resolve_wandb_mode
 
 log = logging.getLogger(__name__)
 
-WANDB_MODES = ("auto", "online", "offline", "disabled")
 WANDB_ID_FILE = "wandb_id.txt"
-
-
-def _wandb_key_configured() -> bool:
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    try:
-        return netrc.netrc().authenticators("api.wandb.ai") is not None
-    except (FileNotFoundError, netrc.NetrcParseError, OSError):
-        return False
-
-
-def resolve_wandb_mode(mode: str) -> str:
-    """``auto`` becomes online with an API key, offline without; ``WANDB_MODE`` in the env wins."""
-    if mode not in WANDB_MODES:
-        raise ConfigError(f"logger.wandb.mode={mode!r}: expected one of {', '.join(WANDB_MODES)}")
-    env = os.environ.get("WANDB_MODE")
-    if env in ("disabled", "offline", "online"):
-        return env
-    if env == "dryrun":
-        return "offline"
-    if mode == "auto":
-        return "online" if _wandb_key_configured() else "offline"
-    return mode
 
 
 def wandb_run_id(run_dir: Path, rank_zero: bool = True) -> str:

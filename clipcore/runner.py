@@ -40,6 +40,7 @@ from clipcore.resume import RunPlan, plan_run
 from clipcore.rundir import ATTEMPT_ENV, CHECKPOINT_DIR, RESUME_CKPT_ENV, RUN_DIR_ENV, launch_rank, new_run_dir
 from clipcore.signals import RunPreempted, StopRequest, requeue_slurm_job, signal_name
 from clipcore.status import FAILED, FINISHED, PREEMPTED, begin_attempt, end_attempt
+from clipcore.wandb_mode import resolve_wandb_mode
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,7 @@ def train(cfg: DictConfig, plan: Optional[RunPlan] = None) -> Path:
     if plan.finished:
         log.info("%s has already finished (status.json); nothing to train", plan.run_dir)
         return plan.run_dir
+    resolve_wandb_mode(cfg.logger.wandb.mode)  # W&B online without a key: say so before the models load
     L.seed_everything(cfg.seed, workers=True)
     module, datamodule = build_method(cfg)
     if cfg.trainer.compile:

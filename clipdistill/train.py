@@ -40,7 +40,9 @@ def _train(args) -> int:
     cfg = load_run_config(args.config, args.overrides)
     from clipcore.config import to_plain
     from clipcore.resume import plan_run
+    from clipcore.wandb_mode import resolve_wandb_mode
 
+    resolve_wandb_mode(cfg.logger.wandb.mode)  # W&B online without an API key: said before torch loads
     plan = plan_run(cfg, to_plain(cfg))  # a refused resume is reported before the heavy imports
     if plan.finished:
         print(f"{plan.run_dir} has already finished (status.json); nothing to train. To train "
