@@ -18,11 +18,13 @@ class ConsoleFilter(logging.Filter):
     """Records marked ``file_only`` (already printed by the entry point) stay out of stderr, and
     so does open_clip's chatter below a warning: it logs on the root logger ("Parsing tokenizer
     identifier", "Loading pretrained ... weights", three lines per model), and our own loader
-    says in one line which model came from where."""
+    says in one line which model came from where; and Lightning's tip advertising its logger."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if getattr(record, "file_only", False):
             return False
+        if record.name.startswith("lightning") and str(record.msg).startswith("💡 Tip"):
+            return False  # Lightning's advertisement of its cloud logger, in every run
         return not (record.name == "root" and record.levelno < logging.WARNING
                     and f"{os.sep}open_clip{os.sep}" in record.pathname)
 
@@ -40,8 +42,8 @@ def prepare_environment() -> None:
         if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
             if not any(isinstance(f, ConsoleFilter) for f in handler.filters):
                 handler.addFilter(ConsoleFilter())
-    # Lightning prints through its own handler; stop a second copy through the root logger.
-    logging.getLogger("lightning.pytorch").propagate = False
+    # Lightning's messages reach the console (and a run's train.log) through the root logger;
+    # clipcore.runner drops the console handler Lightning gives its own top logger.
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:

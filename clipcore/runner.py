@@ -97,6 +97,18 @@ def build_trainer(cfg: DictConfig, run_dir: Path, loggers: list, stop: StopReque
                      inference_mode=inference_mode, **trainer_kwargs(cfg))
 
 
+def one_copy_of_lightning_messages() -> None:
+    """``import lightning`` gives the "lightning" logger a console handler of its own, so where the
+    root logger has one too (every entry point configures it) each Lightning message was printed
+    twice ("INFO: Seed set to 1", then ours). Keep the root's: it also writes the run's train.log."""
+    if not any(isinstance(h, logging.StreamHandler) for h in logging.getLogger().handlers):
+        return
+    lightning_logger = logging.getLogger("lightning")
+    for handler in list(lightning_logger.handlers):
+        if type(handler) is logging.StreamHandler:
+            lightning_logger.removeHandler(handler)
+
+
 def file_log_handler(path: Path) -> logging.Handler:
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -115,6 +127,7 @@ def train(cfg: DictConfig, plan: Optional[RunPlan] = None) -> Path:
         log.info("%s has already finished (status.json); nothing to train", plan.run_dir)
         return plan.run_dir
     resolve_wandb_mode(cfg.logger.wandb.mode)  # W&B online without a key: say so before the models load
+    one_copy_of_lightning_messages()
     L.seed_everything(cfg.seed, workers=True)
     module, datamodule = build_method(cfg)
     if cfg.trainer.compile:
@@ -278,6 +291,7 @@ def module_from_export(directory: Path, files: list[str] = (), overrides: list[s
 
 
 def evaluate(cfg: DictConfig, module: ClipMethodModule, datamodule, out_dir: Path) -> dict[str, float]:
+    one_copy_of_lightning_messages()
     L.seed_everything(cfg.seed, workers=True)
     # A test-time method that takes gradient steps (TPT) needs autograd while testing.
     trainer = L.Trainer(default_root_dir=str(out_dir), logger=False, enable_checkpointing=False,

@@ -171,6 +171,10 @@ def test_sigkill_mid_epoch_then_resume_last_ends_as_the_uninterrupted_run(tmp_pa
     # torch's deprecation of the LeafSpec Lightning builds.
     console = resumed.stdout + resumed.stderr
     assert "wandb" in console and "anonymous setting" not in console and "LeafSpec" not in console
+    # Lightning's own lines once each (it gives its logger a console handler beside ours), and
+    # in train.log too; its tip advertising a cloud logger not at all.
+    assert console.count("Seed set to") == 1 and console.count("GPU available:") == 1
+    assert "💡 Tip" not in console and "`Trainer.fit` stopped" in (run_dir / "train.log").read_text()
 
 
 def test_sigterm_saves_exits_143_and_the_resume_ends_as_the_uninterrupted_run(tmp_path, inputs):
