@@ -25,7 +25,7 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from clipcore.config_schema import VALUE_RANGES, RunConfig, family_of, method_families, shared_schema
+from clipcore.config_schema import RunConfig, family_of, method_families, shared_schema, value_ranges
 from clipcore.errors import ConfigError
 from clipcore.io import atomic_write_text
 
@@ -264,17 +264,21 @@ def _check_templates(cfg: DictConfig, prefix: str = "") -> None:
             check_template(value, full)
 
 
-def _check_ranges(cfg: DictConfig) -> None:
-    """Every numeric key of :data:`VALUE_RANGES` the config has lies within its bounds."""
-    for key, (low, high, low_allowed) in VALUE_RANGES.items():
-        value = OmegaConf.select(cfg, key, default=None)
-        if value is None or isinstance(value, bool):
+def _check_ranges(cfg: DictConfig, prefix: str = "") -> None:
+    """Every numeric field lies within the bounds its config class declares
+    (:func:`clipcore.config_schema.value_ranges`), in every section and subsection."""
+    for field_name, (low, high, low_allowed) in value_ranges(OmegaConf.get_type(cfg)).items():
+        value = cfg.get(field_name)
+        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
         above = value >= low if low_allowed else value > low
         if (low is not None and not above) or (high is not None and value > high):
             lower = f"{'>=' if low_allowed else '>'} {low}" if low is not None else ""
             expected = f"{lower} and <= {high}" if lower and high is not None else lower or f"<= {high}"
-            raise ConfigError(f"{key}={value}: expected a value {expected}")
+            raise ConfigError(f"{prefix}{field_name}={value}: expected a value {expected}")
+    for key, node in cfg.items():
+        if isinstance(node, DictConfig):
+            _check_ranges(node, f"{prefix}{key}.")
 
 
 def upgrade_stored(plain: Mapping) -> dict:

@@ -15,11 +15,26 @@ import dataclasses
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, ClassVar, Dict, List, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
 from clipcore.errors import ConfigError
+
+# A config class may bound its numeric fields: ``value_ranges = {field: (lowest, highest, whether
+# the lowest itself is allowed)}`` (None: unbounded), checked when a config is loaded (a null is
+# skipped). A subclass adds to its bases' bounds. Without them a zero batch size ended in a torch
+# traceback and a negative shot count was taken silently.
+Ranges = Dict[str, tuple]
+
+
+def value_ranges(cls: type) -> Ranges:
+    """The bounds ``cls`` and its bases declare (a subclass's win)."""
+    merged: Ranges = {}
+    for klass in reversed(getattr(cls, "__mro__", ())):
+        merged.update(vars(klass).get("value_ranges", {}))
+    return merged
+
 
 
 @dataclass
@@ -54,6 +69,10 @@ def default_num_workers() -> int:
 class DataConfig:
     """Keys of every task; the method family adds its own (see ClassificationData)."""
 
+    value_ranges: ClassVar[Ranges] = {
+        "batch_size": (1, None, True), "eval_batch_size": (1, None, True), "num_workers": (0, None, True),
+        "image_size": (1, None, True), "max_corrupt_fraction": (0, 1, True), "cache_memory_fraction": (0, 1, False)}
+
     # A registered dataset name (configs/data/*.yaml).
     name: Optional[str] = None
     root: str = "data"
@@ -82,6 +101,8 @@ class DataConfig:
 class ClassificationData(DataConfig):
     """Few-shot classification (zero-shot and the prompt learners)."""
 
+    value_ranges: ClassVar[Ranges] = {"num_shots": (0, None, True), "min_crop_scale": (0, 1, False)}
+
     # Few-shot images per class for training (None or 0: use every training image).
     num_shots: Optional[int] = 16
     # all | base | new (base-to-novel protocol, kdpl spec 3.3).
@@ -98,6 +119,10 @@ class OptimConfig:
     """SGD with momentum and a per-epoch schedule (the optimiser of both references): constant
     warm-up epochs at ``warmup_lr``, then cosine from ``lr`` to ``eta_min_ratio * lr``. CLIP-LoRA's
     AdamW with a per-step cosine is ``name: adamw`` + ``interval: step``."""
+
+    value_ranges: ClassVar[Ranges] = {
+        "lr": (0, None, True), "momentum": (0, 1, True), "weight_decay": (0, None, True),
+        "warmup_epochs": (0, None, True), "warmup_lr": (0, None, True), "eta_min_ratio": (0, 1, True)}
 
     # sgd | adamw
     name: str = "sgd"
@@ -118,6 +143,11 @@ class OptimConfig:
 
 @dataclass
 class TrainerConfig:
+    # -1 epochs or steps: as many as the other budget takes (Lightning).
+    value_ranges: ClassVar[Ranges] = {
+        "max_epochs": (-1, None, True), "max_steps": (-1, None, True), "num_nodes": (1, None, True),
+        "log_every_n_steps": (1, None, True), "accumulate_grad_batches": (1, None, True)}
+
     accelerator: str = "auto"
     devices: Any = 1
     num_nodes: int = 1
@@ -146,6 +176,8 @@ class TrainerConfig:
 class CheckpointConfig:
     """``last.ckpt`` is written at the end of every epoch, and also every ``every_n_steps``
     optimiser steps and/or ``every_n_minutes`` when set (long epochs); best-k is separate."""
+
+    value_ranges: ClassVar[Ranges] = {"every_n_epochs": (1, None, True), "save_top_k": (-1, None, True)}
 
     every_n_steps: Optional[int] = None
     every_n_minutes: Optional[float] = None
@@ -194,33 +226,6 @@ class RunConfig:
 
 
 CORE_SECTIONS = frozenset(f.name for f in dataclasses.fields(RunConfig))
-
-# Bounds of numeric keys, checked when a config is loaded (a key the method does not read, or a
-# null, is skipped): (lowest, highest, whether the lowest itself is allowed). Without them a zero
-# batch size ended in a torch traceback and a negative shot count was taken silently.
-VALUE_RANGES: dict[str, tuple[Optional[float], Optional[float], bool]] = {
-    "data.batch_size": (1, None, True),
-    "data.eval_batch_size": (1, None, True),
-    "data.num_workers": (0, None, True),
-    "data.image_size": (1, None, True),
-    "data.num_shots": (0, None, True),
-    "data.min_crop_scale": (0, 1, False),
-    "data.max_corrupt_fraction": (0, 1, True),
-    "data.cache_memory_fraction": (0, 1, False),
-    "data.prop_train_labels": (0, 1, False),  # GCD: the share of the known classes' images labelled
-    "optim.lr": (0, None, True),
-    "optim.momentum": (0, 1, True),
-    "optim.weight_decay": (0, None, True),
-    "optim.warmup_epochs": (0, None, True),
-    "optim.warmup_lr": (0, None, True),
-    "optim.eta_min_ratio": (0, 1, True),
-    "trainer.max_epochs": (-1, None, True),  # -1: as many as trainer.max_steps takes (Lightning)
-    "trainer.max_steps": (-1, None, True),
-    "trainer.num_nodes": (1, None, True),
-    "trainer.log_every_n_steps": (1, None, True),
-    "trainer.accumulate_grad_batches": (1, None, True),
-    "checkpoint.every_n_epochs": (1, None, True),
-}
 
 
 @dataclass(frozen=True)

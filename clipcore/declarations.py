@@ -142,12 +142,18 @@ def _build(node: ast.ClassDef, classes: dict, tree: ast.Module, module: str, pat
         else:
             raise DeclarationError(f"{path}:{node.lineno}: base {base_name!r} of {node.name} is neither a "
                                    f"class of this file nor imported with 'from <module> import'")
-    fields = []
+    fields, class_values = [], {}
     for stmt in node.body:
         if not (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)):
             continue
         annotation = ast.unparse(stmt.annotation)
         if annotation.startswith(("ClassVar", "typing.ClassVar")):
+            # Not a field, but what the class says of its fields (e.g. value_ranges): a literal.
+            try:
+                class_values[stmt.target.id] = ast.literal_eval(stmt.value) if stmt.value is not None else None
+            except ValueError as exc:
+                raise DeclarationError(f"{path}:{stmt.lineno}: the value of {node.name}.{stmt.target.id} "
+                                       f"must be a literal") from exc
             continue
         try:
             kind = eval(annotation, {"__builtins__": {}}, dict(_TYPE_NAMES))  # names above only
@@ -156,6 +162,8 @@ def _build(node: ast.ClassDef, classes: dict, tree: ast.Module, module: str, pat
                                    f"{stmt.target.id} is not a plain type expression") from exc
         fields.append((stmt.target.id, kind, _default(stmt, path)))
     built = dataclasses.make_dataclass(node.name, fields, bases=tuple(bases))
+    for name, value in class_values.items():
+        setattr(built, name, value)
     built.__module__ = module
     built.__doc__ = ast.get_docstring(node)
     done[node.name] = built

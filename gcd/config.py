@@ -17,7 +17,7 @@ reference pipeline = filter with the flag off, train with it on.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import ClassVar, Optional
 
 from clipcore.config_schema import DataConfig, MethodFamily, register_method_family
 from clipcore.templates import fill
@@ -37,6 +37,8 @@ MEMAX_WEIGHTS = {"cub": 2.0, "scars": 2.0, "aircraft": 1.0, "cifar10": 1.0, "cif
 class GCDData(DataConfig):
     """GCD's data keys: the labelled share of the old classes and how it is drawn."""
 
+    value_ranges: ClassVar[dict] = {"prop_train_labels": (0, 1, False)}
+
     prop_train_labels: float = 0.5
     # The reference draws the labelled subset with seed 0 whatever the run seed.
     split_follows_seed: bool = False
@@ -45,6 +47,12 @@ class GCDData(DataConfig):
 @dataclass
 class GCDLossConfig:
     """Weights and temperatures of the SimGCD/SpectralGCD objective (reference defaults)."""
+
+    value_ranges: ClassVar[dict] = {
+        "sup_weight": (0, 1, True), "memax_weight": (0, None, True), "student_temp": (0, None, False),
+        "warmup_teacher_temp": (0, None, False), "teacher_temp": (0, None, False),
+        "warmup_teacher_temp_epochs": (0, None, True), "supcon_temperature": (0, None, False),
+        "info_nce_temperature": (0, None, False)}
 
     sup_weight: float = 0.35
     # None: the reference's per-dataset value (MEMAX_WEIGHTS, 1 for other datasets).
@@ -59,6 +67,10 @@ class GCDLossConfig:
 
 @dataclass
 class GCDSection:
+    value_ranges: ClassVar[dict] = {
+        "tau": (0, None, False), "beta_e": (0, 1, False), "beta_c": (0, 1, False), "trainable_blocks": (0, None, True),
+        "feature_dim": (1, None, True), "head_hidden_dim": (1, None, True), "head_bottleneck_dim": (1, None, True)}
+
     # Full dictionary: an asset name (python -m clipcore.assets list) or a CSV path (ClassName).
     dictionary: str = "spectralgcd/textgcd_tags_dictionary.csv"
     # Filtered concept list written by `python -m gcd.filter`; None: train on the whole dictionary.

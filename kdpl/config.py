@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Optional
+from typing import ClassVar, Optional
 
 from clipcore.config_schema import ClassificationData, MethodFamily, register_method_family
 from clipcore.declarations import Declaration, find_declarations
@@ -26,6 +26,9 @@ DEFAULT_OBJECTIVE = "supervised"
 class TPTConfig:
     """Test-time prompt tuning at evaluation (``kdpl.tpt``; defaults: azshue/TPT,
     tpt_classification.py's arguments)."""
+
+    value_ranges: ClassVar[dict] = {"views": (1, None, True), "selection": (0, 1, False),
+                                    "steps": (0, None, True), "lr": (0, None, True)}
 
     enabled: bool = False
     views: int = 64            # -b 64: the original image and 63 augmented views

@@ -58,10 +58,17 @@ def test_wrong_type_names_the_key():
     ("data.max_corrupt_fraction=1.5", "data.max_corrupt_fraction=1.5: expected a value >= 0 and <= 1"),
     ("optim.lr=-0.1", "optim.lr=-0.1: expected a value >= 0"),
     ("trainer.max_epochs=-2", "trainer.max_epochs=-2: expected a value >= -1"),
+    ("tpt.views=0", "tpt.views=0: expected a value >= 1"),
+    ("objective.k_max=0", "objective.k_max=0: expected a value >= 1"),  # KDPL-CA's own section
+    ("gcd.tau=0", "gcd.tau=0.0: expected a value > 0"),
+    ("gcd.loss.teacher_temp=-1", "gcd.loss.teacher_temp=-1.0: expected a value > 0"),  # a subsection
+    ("data.prop_train_labels=0", "data.prop_train_labels=0.0: expected a value > 0 and <= 1"),
 ])
 def test_numbers_out_of_range_are_refused_naming_the_key_and_the_bound(override, message):
+    method = "spectralgcd" if override.startswith(("gcd.", "data.prop")) else "coop"
+    objective = [CONFIG_DIR / "objective" / "kdpl_ca.yaml"] if override.startswith("objective.") else []
     with pytest.raises(ConfigError, match=re.escape(message)):
-        load_config([CONFIG_DIR / "method" / "coop.yaml"], [override])
+        load_config([CONFIG_DIR / "method" / f"{method}.yaml", *objective], [override])
 
 
 def test_range_bounds_themselves_and_nulls_are_accepted():

@@ -4,6 +4,7 @@ import typing
 
 import pytest
 
+from clipcore.config_schema import value_ranges
 from clipcore.declarations import DeclarationError, find_declarations
 from kdpl.config import declared_learners, declared_objectives
 from kdpl.objectives.registry import objective_class
@@ -11,8 +12,10 @@ from kdpl.prompts.registry import learner_class
 
 
 def signature(cls) -> list[tuple]:
+    """Fields (name, type, default) and the bounds the class declares for them."""
     hints = typing.get_type_hints(cls)
-    return [(f.name, hints[f.name], f.default, f.default_factory) for f in dataclasses.fields(cls)]
+    return [(f.name, hints[f.name], f.default, f.default_factory) for f in dataclasses.fields(cls)] + [
+        ("value_ranges", value_ranges(cls))]
 
 
 @pytest.mark.parametrize("name", sorted(declared_learners()))
@@ -35,3 +38,7 @@ def test_what_cannot_be_read_statically_is_refused(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(DeclarationError, match=r"bad.py:5: the default of size must be a literal"):
         find_declarations("plugins", "register")
+
+
+def test_declared_bounds_are_read_from_source():
+    assert value_ranges(declared_objectives()["kdpl_ca"].config)["k_max"] == (1, None, True)

@@ -5,7 +5,7 @@ while training; evaluation uses the dataset's classes."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import ClassVar, Optional
 
 import torch
 
@@ -20,6 +20,8 @@ from kdpl.objectives.registry import register_objective
 
 @dataclass
 class KDPLCAConfig(DistillationConfig):
+    value_ranges: ClassVar[dict] = {"k_max": (1, None, True)}
+
     name: str = "kdpl_ca"
     # Classes distilled per step (top-K of the teacher's mean softmax over the dictionary).
     k_max: int = 1000
