@@ -15,10 +15,10 @@ from clipcore.signals import RunPreempted
 
 
 class ConsoleFilter(logging.Filter):
-    """Records marked ``file_only`` (already printed by the entry point) stay out of stderr, and
-    so does open_clip's chatter below a warning: it logs on the root logger ("Parsing tokenizer
-    identifier", "Loading pretrained ... weights", three lines per model), and our own loader
-    says in one line which model came from where; and Lightning's tip advertising its logger."""
+    """What stays out of stderr: records marked ``file_only`` (already printed by the entry
+    point); open_clip's messages below a warning (it logs on the root logger: "Parsing tokenizer
+    identifier", "Loading pretrained ... weights", three lines per model, while our own loader says
+    in one line which model came from where); and Lightning's tip advertising its cloud logger."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if getattr(record, "file_only", False):
