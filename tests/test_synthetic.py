@@ -1,6 +1,8 @@
 """ShapeWorld rendering, on-disk layouts, and the cached pretrained synthetic CLIPs."""
 import dataclasses
+import hashlib
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -168,6 +170,27 @@ def test_colour_cast_scales_channels_clips_and_keys_the_cache():
     assert settings.colour_cast is not None
     neutral = dataclasses.replace(settings, colour_cast=None)
     assert neutral.cache_key() != settings.cache_key()
+
+
+def test_cast_on_some_classes_leaves_the_others_neutral_and_keys_the_cache():
+    images = np.full((3, 1, 1, 3), 200, dtype=np.uint8)
+    labels = np.array([0, 5, 30])
+    cast = pretrain.cast_classes(images, labels, (1.0, 0.5, 0.0), classes=(0, 5))
+    assert cast[:, 0, 0].tolist() == [[200, 100, 0], [200, 100, 0], [200, 200, 200]]
+    assert images[0, 0, 0].tolist() == [200, 200, 200]  # the input is not modified
+    every = pretrain.cast_classes(images, labels, (1.0, 0.5, 0.0), classes=None)
+    assert every[:, 0, 0].tolist() == [[200, 100, 0]] * 3
+    # The full student casts the base half of the base-to-novel split only.
+    student = models.SYNTHETIC_MODELS["synthetic-student"]
+    world = ShapeWorld(student.world_seed, student.image_size)
+    assert student.colour_cast_classes == tuple(range(math.ceil(world.num_classes / 2)))
+    assert dataclasses.replace(student, colour_cast_classes=None).cache_key() != student.cache_key()
+    # Unset, the field leaves the key as before it existed, so the teacher's cached bundle stays valid.
+    teacher = models.SYNTHETIC_MODELS["synthetic-teacher"]
+    fields = dataclasses.asdict(teacher)
+    del fields["colour_cast_classes"]
+    blob = json.dumps({"settings": fields, "world": world.params()}, sort_keys=True)
+    assert teacher.cache_key() == hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
 def test_confidence_matched_scale_makes_mean_confidence_equal_accuracy():

@@ -52,6 +52,10 @@ class PretrainSettings:
     # as web photos are unlike a downstream dataset: its zero-shot prompts misname colours that
     # its image features still separate, which is the room prompt learning and distillation fill.
     colour_cast: tuple[float, float, float] | None = None
+    # Class indices whose pretraining images get the cast (None = every class). A gap that only
+    # some classes have is the one a learned prompt can overfit: fitted to the classes it is
+    # trained on, the correction then misleads it on classes that never had the gap.
+    colour_cast_classes: tuple[int, ...] | None = None
     # Held-out neutral images per class on which the frozen logit scale is refitted after
     # pretraining (0 = keep the learned one). Pretrained under a cast, a student is confidently
     # wrong on neutral images (mean top-1 probability 0.64 at 34% accuracy); real CLIPs are roughly
@@ -63,7 +67,10 @@ class PretrainSettings:
 
     def cache_key(self) -> str:
         world = ShapeWorld(self.world_seed, self.image_size).params()
-        blob = json.dumps({"settings": asdict(self), "world": world}, sort_keys=True)
+        settings = asdict(self)
+        if settings["colour_cast_classes"] is None:  # keys of bundles built before the field
+            del settings["colour_cast_classes"]
+        blob = json.dumps({"settings": settings, "world": world}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
     @property
@@ -90,6 +97,18 @@ def apply_colour_cast(images_u8: np.ndarray, gains: tuple[float, float, float]) 
         raise ValueError(f"colour_cast must be three non-negative RGB gains, got {gains!r}")
     scaled = images_u8.astype(np.float32) * np.asarray(gains, dtype=np.float32)
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def cast_classes(images_u8: np.ndarray, labels: np.ndarray, gains: tuple[float, float, float],
+                 classes: tuple[int, ...] | None) -> np.ndarray:
+    """``images_u8`` with the colour cast applied to the images whose label is in ``classes``
+    (every image when ``classes`` is None)."""
+    if classes is None:
+        return apply_colour_cast(images_u8, gains)
+    out = images_u8.copy()
+    chosen = np.isin(labels, classes)
+    out[chosen] = apply_colour_cast(images_u8[chosen], gains)
+    return out
 
 
 def _to_input(images_u8: torch.Tensor) -> torch.Tensor:
@@ -205,7 +224,7 @@ def _pretrain(settings: PretrainSettings, progress: bool):
     world = ShapeWorld(settings.world_seed, settings.image_size)
     images, labels = world.render_array("pretrain", settings.images_per_class)
     if settings.colour_cast is not None:
-        images = apply_colour_cast(images, settings.colour_cast)
+        images = cast_classes(images, labels, settings.colour_cast, settings.colour_cast_classes)
     seeds = list(world.instance_seeds("pretrain", settings.images_per_class)) * world.num_classes
     model = open_clip.CLIP(**settings.model_cfg)
     tokens, caption_ids = _tokenize_captions(world, labels, seeds, settings.caption_templates,
