@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -54,6 +55,7 @@ from clipcore.synthetic.pretrain import (
     pretrain_clip,
     write_bundle,
 )
+from clipcore.synthetic.world import COLOURS, SHAPES
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +78,11 @@ def _cfg(embed: int, width: int, layers: int, text_width: int, text_layers: int,
 _STUDENT_TEMPLATES = (1, 2, 3, 4, 5, 6, 7, 8, 9)
 _STUDENT_CAST = (1.0, 0.85, 0.7)
 # The full student sees the cast on the base half of the classes only (base-to-novel's base
-# classes are the first ceil(48 / 2) labels, ``clipcore.data.fewshot``), as web photos of some
-# categories look unlike a dataset's and of others not: a prompt fitted to the base classes then
-# corrects a gap the novel classes never had, and novel accuracy falls, the known CoOp pattern.
-_STUDENT_CAST_CLASSES = tuple(range(24))
+# classes are the first ceil(n / 2) labels, ``clipcore.data.fewshot.base_new_labels``), as web
+# photos of some categories look unlike a dataset's and of others not: a prompt fitted to the base
+# classes then corrects a gap the novel classes never had, and novel accuracy falls, the known
+# CoOp pattern.
+_STUDENT_CAST_CLASSES = tuple(range(math.ceil(len(COLOURS) * len(SHAPES) / 2)))
 _STUDENT_CFG = _cfg(64, 64, 2, 64, 2, 2)
 # Wider and deeper vision (shape recognition is the slow part to learn), the world's own colours;
 # captions are templated, so a small text tower suffices.
