@@ -8,21 +8,22 @@ settings and the world (a settings change builds a new bundle, never reuses a st
 Concurrent callers serialise on a file lock; the bundle appears by atomic rename, so a reader
 never sees half of one.
 
-Measured (torch 2.14, one thread, 2-core AMD EPYC VM, 2026-12-04; zero-shot top-1 on the world's
-neutral test split, template "a photo of a {}.", chance 2.1%; each bundle's metrics.json records
-its own numbers, and pretraining on another machine gives close but not identical ones):
+Measured (torch 2.14, one thread; zero-shot top-1 on the world's neutral test split, template
+"a photo of a {}.", chance 2.1%; each bundle's metrics.json records its own numbers, and
+pretraining on a machine with another CPU gives close but not identical ones):
 
-    synthetic-teacher        76.9%    99 s CPU
-    synthetic-student        27.7%    94 s CPU   (base classes pretrained under a colour cast)
-    synthetic-teacher-test   18.8%    16 s CPU   (2026-12-02)
-    synthetic-student-test    7.1%    31 s CPU   (2026-12-02; the cast on every class)
+                             2-core AMD EPYC VM        2-core Intel Xeon VM (2026-12-07)
+    synthetic-teacher        76.9%    99 s (12-04)     75.5%   134 s
+    synthetic-student        27.7%    94 s (12-04)     25.3%   120 s   (base classes under a colour cast)
+    synthetic-teacher-test   18.8%    16 s (12-02)     19.0%    15 s
+    synthetic-student-test    7.1%    31 s (12-02)      7.1%    35 s   (the cast on every class)
 
 The teacher recognises colours and most shapes. The student's image features separate colours
 better than its zero-shot prompts do on the classes it saw under the cast: pretrained on cast
-images of the 24 base classes and tested on neutral ones, it gets 21.9% zero-shot on base and
-52.3% on novel. Prompt learning and distillation have that gap to close, and a prompt fitted to
-the base classes carries their correction to novel classes that never needed it (README, "The
-offline demo").
+images of the 24 base classes and tested on neutral ones, it gets 15.6% zero-shot on base and
+49.0% on novel (Intel VM; 21.9% and 52.3% on the AMD VM). Prompt learning and distillation have
+that gap to close, and a prompt fitted to the base classes carries their correction to novel
+classes that never needed it (README, "The offline demo").
 
 Pretrained under a cast, a student is confidently wrong on neutral images: the 2026-12-02 build
 (cast on every class) had a learned logit scale of exp 26.3, a mean top-1 probability of 0.64 at
@@ -30,10 +31,10 @@ Pretrained under a cast, a student is confidently wrong on neutral images: the 2
 shape prompts of a colour alike while base accuracy hardly moved. The student's scale is
 therefore refitted after pretraining on 10 held-out neutral images per class
 (``calibration_per_class``; the "calibration" instance range, written to no split) so that its
-mean confidence equals its accuracy (exp 7.6, learned 20.3), as a real CLIP is roughly calibrated
-on the images it is tested on; argmaxes, hence zero-shot accuracy, are unchanged. The test student
-keeps its learned scale and the cast on every class: the learning tests' margins were measured on
-it.
+mean confidence equals its accuracy (exp 6.8, learned 18.8 on the Intel VM; 7.6 and 20.3 on
+AMD), as a real CLIP is roughly calibrated on the images it is tested on; argmaxes, hence zero-shot
+accuracy, are unchanged. The test student keeps its learned scale and the cast on every class: the
+learning tests' margins were measured on it.
 """
 from __future__ import annotations
 
