@@ -22,7 +22,7 @@ import open_clip
 import torch
 from torch import nn
 
-LOCAL_DIR = "local-dir:"
+from clipcore.paths import LOCAL_DIR
 
 
 class FrozenEncoder(nn.Module):

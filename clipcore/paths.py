@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 
 CACHE_DIR_ENV = "CLIPCORE_CACHE_DIR"
+# open_clip's model-name prefix for a model folder on disk (open_clip_config.json + weights).
+LOCAL_DIR = "local-dir:"
 
 
 def cache_root() -> Path:

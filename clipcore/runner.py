@@ -32,6 +32,7 @@ from clipcore.config import from_plain, load_config, save_config, to_plain
 from clipcore.errors import UserError, user_message
 from clipcore.evaluation import PREDICTIONS_FILE, PredictionRecorder, write_predictions
 from clipcore.export import read_export, write_export
+from clipcore.input_files import record_input_files
 from clipcore.io import atomic_write_text
 from clipcore.logging import build_loggers, finish_wandb
 from clipcore.module import ClipMethodModule, check_fingerprints
@@ -146,6 +147,7 @@ def train(cfg: DictConfig, plan: Optional[RunPlan] = None) -> Path:
         if rank_zero:
             attempt = begin_attempt(run_dir, cfg, plan.checkpoint)
             save_config(cfg, run_dir / "config.yaml")
+            record_input_files(run_dir, plain)
             for stale in remove_stale_temporary_files(run_dir):
                 log.warning("removed %s, left by a process that died while writing a checkpoint", stale)
             for key, (old, new) in plan.changes.items():

@@ -219,6 +219,41 @@ def test_b2n_cli_runs_reuses_and_reruns(tmp_path, two_datasets, capsys, monkeypa
     assert "| coop | oxford_pets |" in rebuilt and "| zeroshot | dtd |" in rebuilt
 
 
+def tiny_weights_file(path: Path, seed: int) -> Path:
+    """The tiny CLIP's weights, drawn with ``seed``, as a safetensors file."""
+    import torch
+    from safetensors.torch import save_file
+
+    from clipcore.backbone import load_backbone
+
+    torch.manual_seed(seed)
+    model = load_backbone("tiny", None, config=str(TINY)).model
+    for parameter in model.parameters():
+        torch.nn.init.normal_(parameter, std=0.02)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
+def test_a_finished_cell_is_trained_again_when_its_weights_file_was_replaced(tmp_path, two_datasets, caplog):
+    out = tmp_path / "runs"
+    weights = tiny_weights_file(tmp_path / "student.safetensors", seed=0)
+    argv = ["b2n", "--methods", "coop,zeroshot", "--datasets", "dtd", "--seeds", "1",
+            *tiny_overrides(two_datasets, out, **{"student.pretrained": weights})]
+    assert protocols_main(argv) == 0
+    first = run_dirs(out)
+    assert len(first) == 2
+    assert all(str(weights) in json.loads((run / "input_files.json").read_text()) for run in first)
+    assert protocols_main(argv) == 0 and run_dirs(out) == first  # unchanged: reused
+
+    tiny_weights_file(weights, seed=1)  # other weights under the same path
+    with caplog.at_level("INFO", logger="clipdistill.protocols.runner"):
+        assert protocols_main(argv) == 0
+    second = run_dirs(out) - first
+    assert len(second) == 2  # coop trained again, zero-shot evaluated again
+    assert caplog.text.count(f"{weights} changed since it ran") == 2
+    assert protocols_main(argv) == 0 and run_dirs(out) == first | second  # the new runs are reused
+
+
 def test_xd_and_dg_share_the_source_run(tmp_path, two_datasets):
     out = tmp_path / "runs"
     overrides = tiny_overrides(two_datasets, out)

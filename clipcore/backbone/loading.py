@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from clipcore.backbone.clip import TEXT_TOWER_MSG, BackboneLoadError, ClipBackbone
-from clipcore.encoder import LOCAL_DIR, FrozenEncoder
+from clipcore.encoder import FrozenEncoder
+from clipcore.paths import LOCAL_DIR
 
 log = logging.getLogger(__name__)
 

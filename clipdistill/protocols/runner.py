@@ -1,7 +1,9 @@
 """Running a protocol: train (or reuse) every cell, evaluate it, aggregate the table.
 
 A cell whose run folder holds a *finished* run with the same config (compared as ``resume``
-compares) is reused; an unfinished one (pre-empted, crashed) is resumed; otherwise it is trained.
+compares) is reused, unless a local file its config names (a weights file, a model config, a
+``local-dir:`` bundle) was replaced since the run started (``clipcore.input_files``); an unfinished
+one (pre-empted, crashed) is resumed; otherwise it is trained.
 Evaluations are stored in ``<run>/eval/<dataset>-<subset>/`` and reused the same way; each cell
 writes ``<run>/protocol-<name>.json`` (its per-seed results), from which
 ``<output_dir>/<protocol>/results.{csv,md}`` are built (also later, by ``aggregate``).
@@ -34,6 +36,7 @@ from typing import Optional
 from omegaconf import DictConfig, OmegaConf
 
 from clipcore.config import ConfigError, load_config, read_stored, to_plain
+from clipcore.input_files import changed_input_files, record_input_files
 from clipcore.io import atomic_write_text
 from clipcore.resume import comparable, newest_intact_checkpoint
 from clipcore.rundir import run_folders
@@ -119,6 +122,10 @@ def find_run(cfg: DictConfig) -> tuple[Optional[Path], bool]:
     for run in reversed(run_folders(cfg.output_dir, cfg.experiment)):
         if comparable(read_stored(OmegaConf.to_container(OmegaConf.load(run / "config.yaml")))) != want:
             continue
+        changed = changed_input_files(run)
+        if changed:
+            log.info("not reusing %s: %s changed since it ran", run, ", ".join(changed))
+            continue
         if cfg.method == "zeroshot":
             return run, True
         status = read_status(run)
@@ -142,6 +149,7 @@ def ensure_run(cfg: DictConfig) -> Path:
     if cfg.method == "zeroshot":
         run = new_run_dir(cfg.output_dir, cfg.experiment)
         save_config(cfg, run / "config.yaml")
+        record_input_files(run, to_plain(cfg))
         return run
     if run is not None:
         log.info("resuming the unfinished run %s", run)
@@ -280,7 +288,9 @@ def run_protocol(name: str, methods: Optional[Sequence[str]] = None, datasets: O
         return Outcome(None, [], [], commands)
     for step in prerequisites:
         step.ensure()
-    training = [run for run in runs if run.spec.trains and not find_run(run.config())[1]]
+    # Inline, each cell is trained (or reused) in the loop below.
+    training = ([run for run in runs if run.spec.trains and not find_run(run.config())[1]]
+                if execution.backend in ("local", "slurm") else [])
     failed: list[tuple[Run, str]] = []
     if execution.backend == "local" and training:
         for run, code in train_locally(training, execution.devices, output_dir / name / "logs").items():
