@@ -28,16 +28,22 @@ def named_files(plain: dict) -> list[Path]:
     """The regular files named by the compared values of a plain config, and every file directly
     inside a ``local-dir:`` bundle it names (directories such as ``data.root`` are not files)."""
     found: set[Path] = set()
-    for value in comparable(plain).values():
-        for item in value if isinstance(value, list) else [value]:
-            if not isinstance(item, str) or not item:
-                continue
-            if item.startswith(LOCAL_DIR):
-                bundle = Path(item[len(LOCAL_DIR):]).expanduser()
-                if bundle.is_dir():
-                    found.update(p for p in bundle.iterdir() if p.is_file())
-            elif len(item) < 4096 and Path(item).expanduser().is_file():
-                found.add(Path(item).expanduser())
+
+    def visit(value) -> None:
+        if isinstance(value, dict):
+            for item in value.values():
+                visit(item)
+        elif isinstance(value, list):  # e.g. UPL's labellers: model sections in a list
+            for item in value:
+                visit(item)
+        elif isinstance(value, str) and value.startswith(LOCAL_DIR):
+            bundle = Path(value[len(LOCAL_DIR):]).expanduser()
+            if bundle.is_dir():
+                found.update(p for p in bundle.iterdir() if p.is_file())
+        elif isinstance(value, str) and 0 < len(value) < 4096 and Path(value).expanduser().is_file():
+            found.add(Path(value).expanduser())
+
+    visit(list(comparable(plain).values()))
     return sorted(found)
 
 

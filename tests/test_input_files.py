@@ -26,13 +26,13 @@ def make_inputs(tmp_path):
         "student": {"name": "tiny", "pretrained": str(weights), "config": str(arch)},
         "teacher": {"name": f"local-dir:{bundle}", "pretrained": None},
         "data": {"root": str(tmp_path), "template": "a photo of a {}."},
-        "objective": {"files": [str(labels), "student"]},
+        "objective": {"labellers": ["student", {"name": "tiny", "pretrained": str(labels)}]},
         "resume": str(checkpoint),  # never compared, so never stamped: it changes as the run trains
     }
     return plain, weights, arch, bundle, labels
 
 
-def test_the_files_a_config_names_are_files_bundle_files_and_list_items_but_not_folders(tmp_path):
+def test_the_files_a_config_names_are_files_bundle_files_and_those_in_lists_but_not_folders(tmp_path):
     plain, weights, arch, bundle, labels = make_inputs(tmp_path)
     assert named_files(plain) == sorted([weights, arch, bundle / "open_clip_config.json",
                                          bundle / "open_clip_model.safetensors", labels])
