@@ -106,10 +106,13 @@ COLUMNS = ("Base", "Novel", "HM", "All", "Old", "New")
 
 
 # -- set-up -------------------------------------------------------------------------------------
-def default_data_root() -> Path:
+def default_data_root(profile: Profile) -> Path:
+    """``<cache>/synthetic/data`` for the full profile, ``data-<profile>`` for the others: the
+    profiles write worlds of different sizes, and one profile's run replacing the other's world
+    would leave the finished runs of the other evaluating on a test set they were not scored on."""
     from clipcore.synthetic.models import synthetic_cache_dir
 
-    return synthetic_cache_dir() / "data"
+    return synthetic_cache_dir() / ("data" if profile.name == "full" else f"data-{profile.name}")
 
 
 def prepare_world(profile: Profile, data_root: Path) -> tuple[Path, Path]:
@@ -380,7 +383,7 @@ def run_demo(profile: Profile, output_dir: Path, data_root: Path | None = None, 
     started, started_cpu = time.perf_counter(), time.process_time()
     extra = list(extra)
     output_dir = Path(output_dir).resolve()
-    data_root = Path(data_root or default_data_root()).resolve()
+    data_root = Path(data_root or default_data_root(profile)).resolve()
     coop_dir, gcd_dir = prepare_world(profile, data_root)
     dictionary = write_dictionary(output_dir / "dictionary.csv")
     rows = run_base_to_novel(profile, data_root, output_dir, dictionary, extra)
@@ -410,7 +413,8 @@ def main(argv: list[str] | None = None, prog: str = "demo.py") -> int:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="test-profile models and tiny settings (~1-2 min)")
-    parser.add_argument("--data-root", type=Path, help="where ShapeWorld is written (default <cache>/synthetic/data)")
+    parser.add_argument("--data-root", type=Path,
+                        help="where ShapeWorld is written (default <cache>/synthetic/data, data-quick with --quick)")
     parser.add_argument("--output-dir", type=Path,
                         help="default ./runs/demo (./runs/demo-quick with --quick), under the current directory")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides applied to every run")

@@ -72,6 +72,14 @@ def test_quick_demo_writes_the_table_with_every_row_and_the_plots(quick_demo):
             assert "train/acc" not in curves, title
 
 
+def test_each_profile_writes_its_world_to_its_own_folder(tmp_path, monkeypatch):
+    # One folder for both would let a quick run replace the full demo's world under its finished
+    # runs (its test split has 10 images per class, the full one 20).
+    monkeypatch.setenv("CLIPCORE_CACHE_DIR", str(tmp_path))
+    assert demo.default_data_root(demo.PROFILES["full"]) == tmp_path / "synthetic" / "data"
+    assert demo.default_data_root(demo.PROFILES["quick"]) == tmp_path / "synthetic" / "data-quick"
+
+
 def test_a_second_demo_run_reuses_every_run(quick_demo, monkeypatch):
     from clipcore import runner
     from clipcore.synthetic import models
