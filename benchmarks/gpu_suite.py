@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import re
 import statistics
 import sys
 import tempfile
@@ -57,6 +58,8 @@ PRESETS = {
 # (row, learner, KDPL-CA, shipped batch; None: the preset's tiny batch)
 KDPL_ROWS = [("CoOp+KDPL", "coop", False, 32), ("CoOp+KDPL-CA", "coop", True, 32), ("MaPLe+KDPL", "maple", False, 4),
              ("CoCoOp+KDPL", "cocoop", False, 1), ("PromptSRC+KDPL", "promptsrc", False, 4)]
+KDPL_LABELS = [label for label, *_ in KDPL_ROWS]
+ROWS = [*KDPL_LABELS, "SpectralGCD", "loaders"]
 
 
 def sync(device: torch.device) -> None:
@@ -116,14 +119,26 @@ def measure(step, device, args, flops: float, ceiling: float, reference: bool = 
 
 
 # ----- KDPL family -----------------------------------------------------------------------------
-def kdpl_rows(p: dict, device: torch.device, args, ceiling: float) -> list[dict]:
+def guarded(label: str, device: torch.device, measure_row) -> dict:
+    """``measure_row()``, or, when it fails (out of memory, say), a row naming the error: one
+    failing step costs neither the other rows nor a rerun of the whole suite (``--rows``)."""
+    try:
+        return measure_row()
+    except Exception as exc:  # noqa: BLE001 - reported in its row; the suite goes on
+        print(f"  {label}: failed, {type(exc).__name__}: {exc}", flush=True)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        return {"row": label, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def kdpl_rows(p: dict, device: torch.device, args, ceiling: float, wanted: set[str]) -> list[dict]:
     names = class_lists(p["n_classes"], p["dict_size"])
     meta = torch.device("meta")
     student, teacher = bench_kdpl.build_backbones(p, device)
     meta_backbones = bench_kdpl.build_backbones(p, meta)
     copies = FrozenComputeCopies([student.model, teacher.model], torch.bfloat16) if device.type == "cuda" else None
-    rows = []
-    for label, learner_name, ca, shipped in KDPL_ROWS:
+
+    def row(label: str, learner_name: str, ca: bool, shipped: int) -> dict:
         batch = shipped if p["width_div"] == 1 else (p["cocoop_batch"] if learner_name == "cocoop" else p["batch"])
         q = dict(p, batch=batch, cocoop_batch=batch)
         variants = bench_kdpl.variants(learner_name, all_off=True)
@@ -154,7 +169,12 @@ def kdpl_rows(p: dict, device: torch.device, args, ceiling: float) -> list[dict]
                     if held:
                         copies.swap_out()
             out[name] = measure(step, device, args, flops[key], ceiling, reference=key == "all")
-        rows.append(finish(out, batch))
+        return finish(out, batch)
+
+    rows = []
+    for label, learner_name, ca, shipped in KDPL_ROWS:
+        if label in wanted:
+            rows.append(guarded(label, device, lambda: row(label, learner_name, ca, shipped)))
     return rows
 
 
@@ -227,6 +247,7 @@ def markdown(results: dict) -> str:
              f"{r['speedup']:.2f}x", f"{r['now']['gflops_per_step']:,.4g}", f"{r['reference']['gflops_per_step']:,.4g}",
              f"{100 * r['now']['mfu']:.1f}%", num(r["now"]["peak_memory_gib"], ".1f"),
              num(r["now"]["busy_fraction"] and 100 * r["now"]["busy_fraction"], ".0f")]
+            if "error" not in r else [r["row"], f"failed: {r['error']}"] + [""] * 8
             for r in results["rows"]]
     table = markdown_table(["step", "images/step", "img/s", "reference img/s", "speed-up", "GFLOP/step",
                             "reference GFLOP/step", "MFU", "peak GiB", "GPU busy %"], rows)
@@ -246,7 +267,10 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--reference-steps", type=int, default=2)
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--rows", nargs="+", choices=ROWS, default=ROWS, metavar="ROW",
+                    help=f"measure only these (default: all of {', '.join(ROWS)})")
     args = ap.parse_args(argv)
+    wanted = set(args.rows)
     device, p = torch.device(args.device), PRESETS[args.preset]
     started = time.perf_counter()
     torch.manual_seed(0)
@@ -254,16 +278,23 @@ def main(argv=None) -> int:
     print(f"matmul ceiling {ceiling / 1e12:.4g} TFLOP/s", flush=True)
     results = {"preset": args.preset, "device": str(device), "machine": machine_description(device),
                "matmul_ceiling_tflops": ceiling / 1e12, "workers": p["workers"],
-               "loaders": loader_throughput(p, device),
-               "rows": kdpl_rows(p, device, args, ceiling) + [gcd_row(p, device, args, ceiling)]}
+               "loaders": loader_throughput(p, device) if "loaders" in wanted else [],
+               "rows": kdpl_rows(p, device, args, ceiling, wanted) if wanted & set(KDPL_LABELS) else []}
+    if "SpectralGCD" in wanted:
+        results["rows"].append(guarded("SpectralGCD", device, lambda: gcd_row(p, device, args, ceiling)))
     results["seconds"] = time.perf_counter() - started
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"gpu_suite_{args.preset}_{device.type}"
+    if wanted != set(ROWS):  # a partial rerun does not replace the whole suite's results
+        stem = stem.with_name(stem.name + "_" + "_".join(re.sub(r"[^a-z0-9]+", "-", r.lower()) for r in args.rows))
     stem.with_suffix(".json").write_text(json.dumps(results, indent=1))
     text = markdown(results)
     stem.with_suffix(".md").write_text(text)
     print("\n" + text + f"\n{results['seconds']:.0f} s; written to {stem}.json and .md")
-    return 0
+    failed = [r["row"] for r in results["rows"] if "error" in r]
+    if failed:
+        print(f"failed rows: {', '.join(failed)}; rerun them alone with --rows", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
