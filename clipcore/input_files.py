@@ -59,9 +59,29 @@ def _stamp(path: Path, content: bool = True) -> dict:
     return stamp
 
 
+def _recorded(run_dir: Path) -> dict:
+    try:
+        return json.loads((run_dir / STAMPS_FILE).read_text())
+    except FileNotFoundError:
+        return {}
+
+
+def _unchanged_on_disk(path: Path, stamp: dict) -> bool:
+    """Same size and modification time as ``stamp``: taken as unchanged without reading it."""
+    now = _stamp(path, content=False)
+    return now == {key: stamp[key] for key in now}
+
+
 def record_input_files(run_dir: Path, plain: dict) -> None:
-    """Write the stamps of the files ``plain`` names into ``<run_dir>/input_files.json``."""
-    stamps = {str(path.resolve()): _stamp(path) for path in named_files(plain)}
+    """Write the stamps of the files ``plain`` names into ``<run_dir>/input_files.json``. A
+    resumed attempt reuses the digests of files its earlier attempt recorded and that did not
+    change since (a multi-GB checkpoint is read once per run, not once per attempt)."""
+    earlier = _recorded(run_dir)
+    stamps = {}
+    for path in named_files(plain):
+        name = str(path.resolve())
+        stamp = earlier.get(name)
+        stamps[name] = stamp if stamp is not None and _unchanged_on_disk(path, stamp) else _stamp(path)
     atomic_write_text(run_dir / STAMPS_FILE, json.dumps(stamps, indent=2, sort_keys=True))
 
 
@@ -69,19 +89,14 @@ def changed_input_files(run_dir: Path) -> list[str]:
     """The files recorded when ``run_dir`` started whose content differs now. A run recorded by
     no earlier version, or a file that is gone (the run cannot be trained again without it; the
     warning says so), does not count as changed."""
-    try:
-        stamps = json.loads((run_dir / STAMPS_FILE).read_text())
-    except FileNotFoundError:
-        return []
     changed = []
-    for name, stamp in stamps.items():
+    for name, stamp in _recorded(run_dir).items():
         path = Path(name)
         if not path.is_file():
             log.warning("%s names %s, which is gone; its results are reused as they are", run_dir, name)
             continue
-        now = _stamp(path, content=False)
-        if now == {k: stamp[k] for k in now}:
+        if _unchanged_on_disk(path, stamp):
             continue
-        if now["size"] != stamp["size"] or _stamp(path)["sha256"] != stamp["sha256"]:
+        if path.stat().st_size != stamp["size"] or _stamp(path)["sha256"] != stamp["sha256"]:
             changed.append(name)
     return changed

@@ -2,6 +2,7 @@
 as files, and which changes make a finished run stale."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 
@@ -66,3 +67,20 @@ def test_a_replaced_file_makes_the_run_stale_a_rewritten_or_missing_one_does_not
     with caplog.at_level(logging.WARNING, logger="clipcore.input_files"):
         assert changed_input_files(run) == []
     assert str(arch.resolve()) in caplog.text and "gone" in caplog.text
+
+
+def test_a_resumed_attempt_reads_again_only_the_files_that_changed_on_disk(tmp_path):
+    plain, weights, arch, _, _ = make_inputs(tmp_path)
+    run = tmp_path / "run"
+    run.mkdir()
+    record_input_files(run, plain)
+    first = json.loads((run / STAMPS_FILE).read_text())
+    # Other bytes behind the same size and modification time: the digest is not recomputed.
+    status = os.stat(weights)
+    weights.write_bytes(b"u" * 10)
+    os.utime(weights, ns=(status.st_atime_ns, status.st_mtime_ns))
+    arch.write_text("{ }")  # another size: read again
+    record_input_files(run, plain)
+    second = json.loads((run / STAMPS_FILE).read_text())
+    assert second[str(weights.resolve())] == first[str(weights.resolve())]
+    assert second[str(arch.resolve())]["sha256"] != first[str(arch.resolve())]["sha256"]
