@@ -31,25 +31,22 @@ SIZES = {  # name: (open_clip model, width divisor, image size, patch size, batc
 }
 
 
-def cpu_flags() -> str:
+def cpuinfo(field: str) -> str:
+    """The first ``field`` line of /proc/cpuinfo ("" where there is none)."""
     try:
-        text = Path("/proc/cpuinfo").read_text()
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
-        return "unknown"
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    bf16 = [f for f in flags if "bf16" in f]
-    return ", ".join(bf16) or "none"
+        return ""
+    return next((line.split(":", 1)[1].strip() for line in lines if line.split(":")[0].strip() == field), "")
+
+
+def cpu_flags() -> str:
+    return ", ".join(f for f in cpuinfo("flags").split() if "bf16" in f) or "none"
 
 
 def cpu_vendor() -> str:
     """``intel``, ``amd`` or ``other``, from /proc/cpuinfo's vendor_id."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "other"
-    vendor = next((line.split(":", 1)[1].strip() for line in text.splitlines()
-                   if line.startswith("vendor_id")), "")
-    return {"GenuineIntel": "intel", "AuthenticAMD": "amd"}.get(vendor, "other")
+    return {"GenuineIntel": "intel", "AuthenticAMD": "amd"}.get(cpuinfo("vendor_id"), "other")
 
 
 def build(model: str, width_div: int, image_size: int, patch: int | None) -> torch.nn.Module:
